@@ -1,0 +1,81 @@
+# shellcheck shell=bash
+# Shared steps of scripts/lab-up and scripts/test-all: each installs only
+# what is missing, so a second run reuses the image and the virtualenv.
+set -euo pipefail
+
+KIT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+KIT_CACHE=${KIT_CACHE:-/var/cache/celery-kit}
+KIT_LAB_IMAGE=${KIT_LAB_IMAGE:-celery-kit/debian:bookworm}
+export KIT_LAB_IMAGE
+
+kit_log() { printf '\n==> %s\n' "$*" >&2; }
+
+kit_need_root() {
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "error: run as root (or with sudo): Docker and debootstrap need it" >&2
+    exit 1
+  fi
+}
+
+# Debian packages the controller needs: Docker's engine, debootstrap for the
+# base image, venv for the pinned Python tools, openssl for the tests.
+kit_ensure_apt() {
+  local missing=()
+  for cmd_pkg in dockerd:docker.io debootstrap:debootstrap openssl:openssl \
+                 rsync:rsync; do
+    command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || missing+=("${cmd_pkg#*:}")
+  done
+  python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)
+  if [ "${#missing[@]}" -gt 0 ]; then
+    kit_log "Installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  fi
+}
+
+kit_ensure_dockerd() {
+  if docker info >/dev/null 2>&1; then return 0; fi
+  kit_log "Starting dockerd"
+  mkdir -p /var/log
+  nohup /usr/sbin/dockerd >/var/log/celery-kit-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && return 0
+    sleep 1
+  done
+  echo "error: dockerd did not start; see /var/log/celery-kit-dockerd.log" >&2
+  exit 1
+}
+
+# The virtualenv is keyed by the hash of the pinned requirements, so a fresh
+# clone (CI) reuses it and a change of pins builds a new one.
+kit_ensure_venv() {
+  local hash
+  hash=$(cat "$KIT_ROOT/requirements/controller.txt" "$KIT_ROOT/requirements/constraints.txt" \
+         | sha256sum | cut -c1-12)
+  KIT_VENV=${KIT_VENV:-$KIT_CACHE/venv-$hash}
+  # The stamp is written last, so an interrupted install is redone.
+  if [ ! -f "$KIT_VENV/.kit-complete" ]; then
+    kit_log "Creating the controller virtualenv in $KIT_VENV"
+    rm -rf "$KIT_VENV"
+    python3 -m venv "$KIT_VENV"
+    "$KIT_VENV/bin/pip" install -q -r "$KIT_ROOT/requirements/controller.txt" \
+      -c "$KIT_ROOT/requirements/constraints.txt"
+    touch "$KIT_VENV/.kit-complete"
+  fi
+  export PATH="$KIT_VENV/bin:$PATH"
+  export KIT_VENV
+}
+
+kit_ensure_image() {
+  if docker image inspect "$KIT_LAB_IMAGE" >/dev/null 2>&1; then return 0; fi
+  "$KIT_ROOT/scripts/build-image"
+}
+
+kit_bootstrap() {
+  kit_need_root
+  kit_ensure_apt
+  kit_ensure_dockerd
+  kit_ensure_venv
+  kit_ensure_image
+  cd "$KIT_ROOT"
+}
