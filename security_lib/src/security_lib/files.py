@@ -1,0 +1,102 @@
+"""Fail-closed checks on the files the kit reads (existence, readability, modes).
+
+Celery opens these files itself, late, and reports a bare ``FileNotFoundError``
+or ``SecurityError``; checking them up front lets :func:`security_lib.harden`
+refuse to start with a message that names the setting, the path and the fix.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import stat
+from pathlib import Path
+
+from .errors import CertStoreError, FilePermissionError, MissingFileError
+
+__all__ = ["check_private_key_file", "check_readable_file", "expand_cert_store", "read_bytes"]
+
+
+def check_readable_file(path: str | os.PathLike[str], setting: str) -> Path:
+    """Return ``path`` as a :class:`Path` if it is an existing, readable regular file."""
+    p = Path(path)
+    if not p.exists():
+        raise MissingFileError(
+            setting, f"file {p} does not exist", f"create it or point {setting} at the right path"
+        )
+    if not p.is_file():
+        raise MissingFileError(
+            setting, f"{p} is not a regular file", f"point {setting} at a PEM file"
+        )
+    if not os.access(p, os.R_OK):
+        raise MissingFileError(
+            setting,
+            f"file {p} is not readable by uid {os.geteuid()}",
+            "run the process as the user that owns the file, or fix its owner",
+        )
+    return p
+
+
+def read_bytes(path: Path, setting: str) -> bytes:
+    """Read a file, turning OS errors into :class:`MissingFileError`."""
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise MissingFileError(
+            setting, f"cannot read {path}: {exc.strerror}", "fix the file's owner and mode"
+        ) from exc
+
+
+def check_private_key_file(path: str | os.PathLike[str], setting: str) -> Path:
+    """Check that a private key is only accessible by the running user.
+
+    A key that the group or others can read is as good as published on a
+    shared host, and a key owned by another user means someone else can
+    replace it; both are refused rather than warned about.
+    """
+    p = check_readable_file(path, setting)
+    st = p.stat()
+    if st.st_uid != os.geteuid():
+        raise FilePermissionError(
+            setting,
+            f"private key {p} is owned by uid {st.st_uid}, not by the running user "
+            f"(uid {os.geteuid()})",
+            f"chown the key to the user that runs the app (e.g. chown celery: {p})",
+        )
+    loose = stat.S_IMODE(st.st_mode) & 0o077
+    if loose:
+        raise FilePermissionError(
+            setting,
+            f"private key {p} has mode {stat.S_IMODE(st.st_mode):04o} "
+            "(readable or writable by group/others)",
+            f"chmod 0600 {p}",
+        )
+    return p
+
+
+def expand_cert_store(spec: str | os.PathLike[str], setting: str = "cert_store") -> list[Path]:
+    """Expand a cert store (a directory or a glob) exactly the way Celery does.
+
+    Celery's ``FSCertStore`` treats a directory as ``<dir>/*`` and otherwise
+    uses the string as a glob. We list the same files so that what we validate
+    is what Celery will trust.
+    """
+    text = os.fspath(spec)
+    if Path(text).is_dir():
+        pattern = str(Path(text) / "*")
+    elif glob.has_magic(text):
+        pattern = text
+    else:
+        raise CertStoreError(
+            setting,
+            f"{text} is neither a directory nor a glob of certificates",
+            "create the directory of signer certificates or use a pattern like /dir/*.pem",
+        )
+    paths = sorted(Path(p) for p in glob.glob(pattern))  # noqa: PTH207 - same call as Celery
+    if not paths:
+        raise CertStoreError(
+            setting,
+            f"no certificate matches {pattern}",
+            "install at least one signer certificate (PEM) there",
+        )
+    return paths

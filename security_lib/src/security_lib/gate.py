@@ -1,0 +1,226 @@
+"""Worker-side gate: verify every task message before any task code runs.
+
+Where it sits (and why there):
+
+* Celery signal receivers cannot stop a task (the dispatcher logs and
+  swallows their exceptions), and a custom ``Task.Request``/``Strategy`` is
+  per task class, so a task with its own base class would escape it.
+* Every task message a worker receives goes through
+  ``consumer.on_task_received`` → ``consumer.strategies[task_name](...)``.
+  :class:`GateStep`, a consumer bootstep that runs right after Celery's
+  ``Tasks`` step (which rebuilds the strategies on every (re)connect), wraps
+  *every* entry of ``consumer.strategies``. The wrapper runs :meth:`Gate.inspect`
+  in the consumer (main) process; a message that fails is logged, rejected
+  with ``requeue=False`` and never reaches the Request/pool. Messages for
+  unregistered task names never reach a strategy (Celery rejects them).
+
+Rejections are logged at ERROR on logger ``security_lib`` as::
+
+    security_lib rejected message: reason=<reason> task=<task> id=<id> signer=<cn|->
+
+(optionally followed by `` detail=<...>``).
+
+See :data:`REASONS` for the stable reason codes.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import weakref
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, Final
+
+from celery import bootsteps
+
+from .envelope import first_mismatch, parse_envelope
+from .errors import SecurityConfigError
+from .serializer import AUTH_CONTENT_TYPE, VerificationError
+
+if TYPE_CHECKING:
+    from .certs import SignerIdentity
+    from .policy import SignerPolicy
+    from .replay import ReplayCache
+    from .serializer import KitSerializer
+
+__all__ = ["REASONS", "REJECT_PREFIX", "Gate", "GateStep", "gate_for", "install_gate"]
+
+logger = logging.getLogger("security_lib")
+
+REJECT_PREFIX: Final = "security_lib rejected message:"
+
+#: Stable rejection reasons (the Ansible/molecule tests grep for them).
+REASONS: Final[Mapping[str, str]] = {
+    "unsupported-protocol": "not a Celery protocol 2 task message (protocol 1/hybrid)",
+    "unsigned": "content type is not the auth serializer's, or the payload is not signed",
+    "malformed": "signed payload or body cannot be parsed",
+    "unknown-signer": "signed by a certificate that is not in the trusted store",
+    "expired-signer": "the signer certificate is expired or not yet valid",
+    "bad-signature": "the signature does not match the body (tampered body)",
+    "bad-content-type": "the signed inner content type is not JSON (e.g. pickle)",
+    "bad-envelope": "validly signed but without the kit's envelope (stock Celery producer?)",
+    "signer-mismatch": "the envelope names another signer than the verifying certificate",
+    "header-mismatch:<field>": "a bound header (task, id, eta...) differs from the signed copy",
+    "signer-not-allowed": "the allowlist does not let this signer run this task",
+    "expired-envelope": "older than replay_window (+ clock_skew)",
+    "future-envelope": "dated further in the future than clock_skew",
+    "replay": "the same message (task id, retries, replace nesting) was already accepted",
+    "replay-cache-full": "the replay cache is full; fail closed",
+    "gate-error": "internal error while checking; fail closed",
+}
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
+_MARK: Final = "__security_lib_gate__"
+
+
+def _clean(value: Any, limit: int = 200) -> str:
+    """Render an attacker-controlled header value for a single log line (no spaces/newlines)."""
+    if value is None:
+        return "-"
+    return _UNSAFE.sub("?", str(value))[:limit] or "-"
+
+
+class Gate:
+    """The checks applied to every incoming task message."""
+
+    def __init__(
+        self, serializer: KitSerializer, policy: SignerPolicy, replay: ReplayCache
+    ) -> None:
+        self.serializer = serializer
+        self.policy = policy
+        self.replay = replay
+
+    def check(  # noqa: PLR0911 - one early return per rejection reason
+        self, headers: Mapping[str, Any] | None, content_type: str | None, payload: Any
+    ) -> tuple[str | None, SignerIdentity | None, str]:
+        """Return ``(reason, signer, detail)``; ``reason`` is None when the message may run."""
+        if not isinstance(headers, Mapping) or "task" not in headers or "id" not in headers:
+            return "unsupported-protocol", None, ""
+        if (content_type or AUTH_CONTENT_TYPE) != AUTH_CONTENT_TYPE:
+            return "unsigned", None, f"content_type={content_type}"
+        if not isinstance(payload, (bytes, str)):
+            return "unsigned", None, "payload is not text"
+        try:
+            verified = self.serializer.verify(payload)
+        except VerificationError as exc:
+            return exc.reason, None, exc.detail
+        signer = verified.signer
+        envelope = parse_envelope(verified.data)
+        if envelope is None:
+            return "bad-envelope", signer, ""
+        if envelope.signer != signer.fingerprint:
+            return "signer-mismatch", signer, ""
+        field = first_mismatch(envelope, headers)
+        if field is not None:
+            return f"header-mismatch:{field}", signer, ""
+        task_name = str(headers["task"])
+        if not self.policy.allows(signer, task_name):
+            return "signer-not-allowed", signer, ""
+        key = (
+            str(headers["id"]),
+            str(headers.get("retries")),
+            str(headers.get("replaced_task_nesting")),
+        )
+        reason = self.replay.check(key, envelope.timestamp)
+        return reason, signer, ""
+
+    def inspect(self, message: Any, body: Any) -> str | None:
+        """Check a kombu message as the strategy receives it; log and return the reason."""
+        headers = getattr(message, "headers", None)
+        reason: str | None
+        signer: SignerIdentity | None
+        try:
+            if body is not None:
+                # Celery only pre-decodes protocol 1 messages (no 'task' header).
+                reason, signer, detail = "unsupported-protocol", None, ""
+            else:
+                reason, signer, detail = self.check(
+                    headers, getattr(message, "content_type", None), getattr(message, "body", None)
+                )
+        except Exception:
+            logger.exception("security_lib gate failed while checking a message")
+            reason, signer, detail = "gate-error", None, ""
+        if reason is None:
+            return None
+        hdrs: Mapping[str, Any] = headers if isinstance(headers, Mapping) else {}
+        logger.error(
+            "%s reason=%s task=%s id=%s signer=%s%s",
+            REJECT_PREFIX,
+            reason,
+            _clean(hdrs.get("task")),
+            _clean(hdrs.get("id")),
+            _clean(signer.label()) if signer is not None else "-",
+            f" detail={_clean(detail)}" if detail else "",
+        )
+        return reason
+
+
+_GATES: weakref.WeakKeyDictionary[Any, Gate] = weakref.WeakKeyDictionary()
+
+
+def install_gate(app: Any, gate: Gate) -> None:
+    """Attach ``gate`` to ``app`` and add :class:`GateStep` to its consumer blueprint."""
+    _GATES[app] = gate
+    app.steps["consumer"].add(GateStep)
+
+
+def gate_for(app: Any) -> Gate | None:
+    """Return the gate installed on ``app`` by :func:`security_lib.harden`, if any."""
+    return _GATES.get(app)
+
+
+StrategyHandler = Callable[..., Any]
+
+
+def gated_strategy(inner: StrategyHandler, gate: Gate, consumer: Any) -> StrategyHandler:
+    """Wrap one task strategy so that :meth:`Gate.inspect` runs first."""
+    connection_errors = consumer.connection_errors
+
+    def task_message_handler(
+        message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, *args: Any, **kwargs: Any
+    ) -> Any:
+        if gate.inspect(message, body) is not None:
+            # requeue=False: dead-lettered or dropped by the broker, never redelivered.
+            reject(logger, connection_errors, False)  # noqa: FBT003 - Celery's positional API
+            return None
+        return inner(message, body, ack, reject, callbacks, *args, **kwargs)
+
+    setattr(task_message_handler, _MARK, True)
+    return task_message_handler
+
+
+class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
+    """Consumer bootstep wrapping every task strategy with the gate.
+
+    Fails the worker start (``SecurityConfigError``) if the app was not
+    hardened in this process, if the hardened settings were changed after
+    :func:`security_lib.harden`, or if Celery's consumer no longer exposes
+    ``strategies`` (a future Celery): never consume half-hardened.
+    """
+
+    name = "security_lib.gate"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def start(self, c: Any) -> None:
+        """Wrap the strategies Celery just (re)built."""
+        from .settings import verify_applied  # noqa: PLC0415 - avoid an import cycle
+
+        gate = gate_for(c.app)
+        if gate is None:
+            raise SecurityConfigError(
+                "worker",
+                "the worker's app was not hardened by security_lib.harden() in this process",
+                "call security_lib.harden(app, ...) in the module the worker imports",
+            )
+        verify_applied(c.app)
+        strategies = getattr(c, "strategies", None)
+        if not isinstance(strategies, dict):
+            raise SecurityConfigError(
+                "worker",
+                "this Celery version's consumer has no 'strategies' mapping to gate",
+                "pin celery to a version supported by celery-kit-security-lib",
+            )
+        for name, strategy in list(strategies.items()):
+            if not getattr(strategy, _MARK, False):
+                strategies[name] = gated_strategy(strategy, gate, c)
+        logger.info("security_lib gate active on %d task(s)", len(strategies))

@@ -1,0 +1,217 @@
+"""``harden()``: validate everything, then configure the app in one go.
+
+Order matters: every check runs before the app is touched, so a failure
+leaves the app as it was and a worker never starts half-hardened.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import os
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from celery.exceptions import ImproperlyConfigured, SecurityError
+
+from .certs import (
+    SignerIdentity,
+    check_key_matches_cert,
+    check_validity,
+    identity_of,
+    load_cert_store,
+    load_certificate,
+    load_private_key,
+)
+from .envelope import install_sealer
+from .errors import SecurityConfigError
+from .gate import Gate, install_gate
+from .policy import AllowAnySigner, SignerPolicy
+from .replay import ReplayCache
+from .serializer import KitSerializer, digest_algorithm, register_kit_serializer
+from .settings import (
+    broker_tls_settings,
+    refuse_unsafe_serializer_choices,
+    security_settings,
+    verify_applied,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+__all__ = ["Hardening", "harden", "hardening_of"]
+
+logger = logging.getLogger("security_lib")
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Hardening:
+    """What :func:`harden` configured (returned, and kept for the audit)."""
+
+    signer: SignerIdentity
+    trusted_signers: tuple[SignerIdentity, ...]
+    policy: SignerPolicy
+    replay_window: float
+    clock_skew: float
+    expiry_warning_days: int
+    sign_results: bool
+    insecure_broker: bool
+    key: str
+    cert: str
+    cert_store: str
+    broker_key: str | None
+    warnings: tuple[str, ...] = field(default=())
+
+
+_STATE: weakref.WeakKeyDictionary[Any, Hardening] = weakref.WeakKeyDictionary()
+
+
+def hardening_of(app: Any) -> Hardening | None:
+    """Return what :func:`harden` configured on ``app`` (None if never hardened)."""
+    return _STATE.get(app)
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SecurityConfigError(name, f"{value!r} is not a number", f"pass {name}=<seconds>")
+    if value < 0 or (value == 0 and not allow_zero):
+        raise SecurityConfigError(name, f"{value!r} is out of range", f"pass a positive {name}")
+    return float(value)
+
+
+def harden(
+    app: Any,
+    *,
+    key: PathLike,
+    cert: PathLike,
+    cert_store: PathLike,
+    broker_ca: PathLike | None = None,
+    broker_cert: PathLike | None = None,
+    broker_key: PathLike | None = None,
+    key_password: str | bytes | None = None,
+    digest: str = "sha256",
+    allowed_tasks: Mapping[str, Iterable[str]] | AllowAnySigner | None = None,
+    replay_window: float = 300,
+    clock_skew: float = 30,
+    expiry_warning_days: int = 30,
+    allow_insecure_broker: bool = False,
+    broker_server_hostname: str | None = None,
+    sign_results: bool = False,
+    enable_remote_control: bool = False,
+    replay_cache_size: int = 1_000_000,
+) -> Hardening:
+    """Harden a Celery app: signed tasks with a bound envelope, broker TLS, fail closed.
+
+    Arguments are file paths (``cert_store`` a directory or a glob of signer
+    certificates). ``allowed_tasks`` maps a signer (certificate CN or SHA-256
+    fingerprint) to task-name patterns; ``None`` is refused, pass
+    :data:`security_lib.ALLOW_ANY_SIGNER` to opt out visibly. Raises a
+    :class:`~security_lib.SecurityConfigError` subclass naming the problem
+    and the fix; on error the app is left unchanged.
+    """
+    now = dt.datetime.now(dt.timezone.utc)
+    window = _positive("replay_window", replay_window)
+    skew = _positive("clock_skew", clock_skew, allow_zero=True)
+    warn_days = int(_positive("expiry_warning_days", expiry_warning_days, allow_zero=True))
+    digest_algorithm(digest)
+    warnings: list[str] = []
+
+    # 1. Our own signing key and certificate.
+    private_key = load_private_key(key, key_password, "key (security_key)")
+    certificate = load_certificate(cert, "cert (security_certificate)")
+    expiring = check_validity(
+        certificate, str(cert), "cert (security_certificate)", now=now, warning_days=warn_days
+    )
+    if expiring:
+        warnings.append(expiring)
+    check_key_matches_cert(private_key, certificate, str(key), str(cert))
+
+    # 2. The trusted signer store.
+    store, store_warnings = load_cert_store(
+        cert_store, now=now, warning_days=warn_days, setting="cert_store (security_cert_store)"
+    )
+    warnings.extend(store_warnings)
+    me = identity_of(certificate)
+    if me.celery_id not in store:
+        warnings.append(
+            f"this process's certificate ({me.label()}) is not in the cert store; messages it "
+            "sends (retries, chains) are only accepted by workers that trust it"
+        )
+
+    # 3. Signer allowlist.
+    policy = SignerPolicy(allowed_tasks)
+    if policy.allow_any:
+        warnings.append("allowed_tasks=ALLOW_ANY_SIGNER: every trusted signer may run every task")
+    identities = [entry.identity for entry in store.values()]
+    for signer_key in policy.signer_keys:
+        if not any(policy.matches_signer(signer_key, ident) for ident in identities):
+            warnings.append(f"allowed_tasks names {signer_key!r}, which matches no store cert")
+
+    # 4. Serializers the app asked for, and the broker.
+    refuse_unsafe_serializer_choices(app.conf)
+    broker_ssl, broker_warnings = broker_tls_settings(
+        app.conf,
+        broker_ca=None if broker_ca is None else os.fspath(broker_ca),
+        broker_cert=None if broker_cert is None else os.fspath(broker_cert),
+        broker_key=None if broker_key is None else os.fspath(broker_key),
+        server_hostname=broker_server_hostname,
+        allow_insecure=allow_insecure_broker,
+    )
+    warnings.extend(broker_warnings)
+
+    # Everything checked: configure.
+    password = key_password.encode() if isinstance(key_password, str) else key_password
+    settings = security_settings(
+        key=os.fspath(key),
+        cert=os.fspath(cert),
+        cert_store=os.fspath(cert_store),
+        digest=digest,
+        key_password=password,
+        sign_results=sign_results,
+        enable_remote_control=enable_remote_control,
+    )
+    if broker_ssl is not None:
+        settings["broker_use_ssl"] = broker_ssl
+    app.conf.update(settings)
+    try:
+        app.setup_security()
+    except (ImproperlyConfigured, SecurityError, OSError, ValueError) as exc:
+        raise SecurityConfigError(
+            "setup_security", f"Celery refused the security settings: {exc}", "see the message"
+        ) from exc
+    serializer = KitSerializer(key=private_key, cert=certificate, store=store, digest=digest)
+    register_kit_serializer(serializer)
+    verify_applied(app, sign_results=sign_results)
+    install_sealer(app.amqp, lambda: me.fingerprint)
+    install_gate(
+        app, Gate(serializer, policy, ReplayCache(window, skew, max_entries=replay_cache_size))
+    )
+    hardening = Hardening(
+        signer=me,
+        trusted_signers=tuple(identities),
+        policy=policy,
+        replay_window=window,
+        clock_skew=skew,
+        expiry_warning_days=warn_days,
+        sign_results=sign_results,
+        insecure_broker=broker_ssl is None or allow_insecure_broker,
+        key=os.fspath(key),
+        cert=os.fspath(cert),
+        cert_store=os.fspath(cert_store),
+        broker_key=None if broker_key is None else os.fspath(broker_key),
+        warnings=tuple(warnings),
+    )
+    _STATE[app] = hardening
+    for message in warnings:
+        logger.warning("security_lib: %s", message)
+    logger.info(
+        "security_lib hardened app %s: signer=%s trusted=%d replay_window=%ss",
+        getattr(app, "main", None),
+        me.label(),
+        len(identities),
+        window,
+    )
+    return hardening

@@ -1,0 +1,117 @@
+"""Signer allowlist: which signer may run which tasks.
+
+With stock Celery every certificate in the store may sign every task. The kit
+maps a signer (its certificate CN, or the SHA-256 fingerprint of the
+certificate, hex with or without colons) to a list of task-name patterns
+(:func:`fnmatch.fnmatchcase`, e.g. ``"proj.tasks.*"``). The signer is always
+the certificate that verified the signature, never a name in the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING, Final
+
+from .certs import normalize_fingerprint
+from .errors import PolicyError
+
+if TYPE_CHECKING:
+    from .certs import SignerIdentity
+
+__all__ = ["ALLOW_ANY_SIGNER", "AllowAnySigner", "SignerPolicy"]
+
+
+class AllowAnySigner:
+    """Type of :data:`ALLOW_ANY_SIGNER`: an explicit, visible opt-out of the allowlist."""
+
+    _instance: AllowAnySigner | None = None
+
+    def __new__(cls) -> AllowAnySigner:
+        """Return the single instance."""
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        """Return the public name."""
+        return "security_lib.ALLOW_ANY_SIGNER"
+
+
+#: Pass as ``allowed_tasks`` to let every trusted signer run every task (logged
+#: as a warning and reported by the audit). ``allowed_tasks=None`` is an error.
+ALLOW_ANY_SIGNER: Final = AllowAnySigner()
+
+AllowedTasks = Mapping[str, Iterable[str]]
+
+
+class SignerPolicy:
+    """Compiled allowlist."""
+
+    def __init__(self, allowed: object) -> None:
+        # Typed loosely on purpose: the value comes from a rendered config file and
+        # every shape is checked at run time.
+        self.allow_any = isinstance(allowed, AllowAnySigner)
+        self._by_cn: dict[str, tuple[str, ...]] = {}
+        self._by_fp: dict[str, tuple[str, ...]] = {}
+        if allowed is None:
+            raise PolicyError(
+                "allowed_tasks",
+                "no signer allowlist given (every trusted signer could run every task)",
+                'pass allowed_tasks={"signer-<name>": ["proj.tasks.*"]}, or '
+                "allowed_tasks=security_lib.ALLOW_ANY_SIGNER to opt out visibly",
+            )
+        if isinstance(allowed, AllowAnySigner):
+            return
+        if not isinstance(allowed, Mapping) or not allowed:
+            raise PolicyError(
+                "allowed_tasks",
+                f"expected a non-empty mapping of signer -> task patterns, got {allowed!r}",
+                'use e.g. {"signer-web": ["proj.tasks.*"]}',
+            )
+        for signer, patterns in allowed.items():
+            if not isinstance(signer, str) or not signer.strip():
+                raise PolicyError(
+                    "allowed_tasks",
+                    f"signer key {signer!r} is not a name",
+                    "use a CN or fingerprint",
+                )
+            if isinstance(patterns, (str, bytes)) or not isinstance(patterns, Iterable):
+                raise PolicyError(
+                    "allowed_tasks",
+                    f"patterns for {signer!r} must be a list of strings, got {patterns!r}",
+                    f'write {{"{signer}": ["{patterns!s}"]}} (a list, not a string)',
+                )
+            compiled = tuple(patterns)
+            if not compiled or not all(isinstance(p, str) and p for p in compiled):
+                raise PolicyError(
+                    "allowed_tasks",
+                    f"patterns for {signer!r} must be non-empty strings, got {compiled!r}",
+                    "list task names or fnmatch patterns such as proj.tasks.*",
+                )
+            fingerprint = normalize_fingerprint(signer)
+            if fingerprint is not None:
+                self._by_fp[fingerprint] = self._by_fp.get(fingerprint, ()) + compiled
+            else:
+                self._by_cn[signer] = self._by_cn.get(signer, ()) + compiled
+
+    @property
+    def signer_keys(self) -> tuple[str, ...]:
+        """Return the configured signer names (CNs, then fingerprints)."""
+        return (*self._by_cn, *self._by_fp)
+
+    def matches_signer(self, key: str, identity: SignerIdentity) -> bool:
+        """Return True if the allowlist key ``key`` designates ``identity``."""
+        fingerprint = normalize_fingerprint(key)
+        if fingerprint is not None:
+            return fingerprint == identity.fingerprint
+        return key == identity.common_name
+
+    def allows(self, identity: SignerIdentity, task_name: str) -> bool:
+        """Return True if ``identity`` may run ``task_name``."""
+        if self.allow_any:
+            return True
+        patterns = self._by_cn.get(identity.common_name, ()) + self._by_fp.get(
+            identity.fingerprint, ()
+        )
+        return any(fnmatchcase(task_name, pattern) for pattern in patterns)

@@ -1,0 +1,248 @@
+"""The Celery settings the kit applies, and the checks that they still hold.
+
+What :func:`security_lib.harden` sets (and why):
+
+* ``task_serializer='auth'``, ``accept_content=['auth']``: every task is signed,
+  only signed tasks are accepted (``setup_security`` insists on exactly this).
+* ``event_serializer='auth'``: events are signed too (the guide's example).
+* Results: ``sign_results=False`` → ``result_serializer='json'`` and
+  ``result_accept_content=['json']`` *explicitly* (Celery falls back to
+  ``accept_content`` when it is unset, so a client would otherwise expect
+  signed results); JSON cannot execute code, but results are not
+  authenticated: protect the result backend itself. ``sign_results=True`` →
+  ``'auth'`` for both (callers need the workers' certificates in their store).
+* ``security_*``: key, certificate, store, digest (sha256 or stronger), password.
+* ``task_protocol=2``: the envelope lives in the protocol 2 body.
+* ``worker_enable_remote_control=False`` unless asked: remote control
+  (``celery.pidbox``) is a second command channel that the gate does not cover.
+* ``broker_use_ssl``: ``cert_reqs=CERT_REQUIRED``, CA, client cert and key,
+  ``server_hostname`` (py-amqp checks the broker's name only when it is set).
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable, Iterable
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+from kombu.exceptions import ContentDisallowed
+from kombu.serialization import registry
+
+from .errors import BrokerTLSError, SerializerError
+from .files import check_private_key_file, check_readable_file
+
+__all__ = [
+    "UNSAFE_SERIALIZERS",
+    "broker_tls_settings",
+    "enabled_unsafe_decoders",
+    "refuse_unsafe_serializer_choices",
+    "security_settings",
+    "verify_applied",
+]
+
+#: Serializer names/content types that can execute code or are not signed.
+UNSAFE_SERIALIZERS: Final = frozenset(
+    {
+        "pickle",
+        "yaml",
+        "msgpack",
+        "application/x-python-serialize",
+        "application/x-yaml",
+        "application/x-msgpack",
+    }
+)
+
+_SERIALIZER_SETTINGS: Final = (
+    "task_serializer",
+    "result_serializer",
+    "event_serializer",
+    "accept_content",
+    "result_accept_content",
+)
+
+_loads: Callable[[bytes, str, str], Any] = registry.loads
+
+# Harmless payloads (None) used to probe whether kombu would decode a format.
+_PROBES: Final = {"pickle": b"N.", "yaml": b"null", "msgpack": b"\xc0"}
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, Iterable):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def refuse_unsafe_serializer_choices(conf: Any) -> None:
+    """Refuse an app whose configuration explicitly asks for pickle/yaml/msgpack."""
+    for setting in _SERIALIZER_SETTINGS:
+        unsafe = sorted(set(_as_list(conf.get(setting))) & UNSAFE_SERIALIZERS)
+        if unsafe:
+            raise SerializerError(
+                setting,
+                f"{setting} includes {', '.join(unsafe)}, which can execute code on load",
+                f"remove {', '.join(unsafe)} from {setting}; harden() sets safe values",
+            )
+
+
+def enabled_unsafe_decoders() -> list[str]:
+    """Return the unsafe formats kombu would still decode without an accept list."""
+    enabled = []
+    for name, probe in _PROBES.items():
+        content_type = registry.name_to_type.get(name)
+        if content_type is None:
+            continue
+        try:
+            _loads(probe, content_type, "binary")
+        except ContentDisallowed:
+            continue
+        except Exception:  # noqa: BLE001,S112 - not installed/undecodable is also "not enabled"
+            continue
+        enabled.append(name)
+    return enabled
+
+
+def security_settings(
+    *,
+    key: str,
+    cert: str,
+    cert_store: str,
+    digest: str,
+    key_password: bytes | None,
+    sign_results: bool,
+    enable_remote_control: bool,
+) -> dict[str, Any]:
+    """Return the Celery settings for signing (see the module docstring)."""
+    result = "auth" if sign_results else "json"
+    return {
+        "task_serializer": "auth",
+        "accept_content": ["auth"],
+        "event_serializer": "auth",
+        "result_serializer": result,
+        "result_accept_content": [result],
+        "security_key": key,
+        "security_certificate": cert,
+        "security_cert_store": cert_store,
+        "security_digest": digest,
+        "security_key_password": key_password,
+        "task_protocol": 2,
+        "worker_enable_remote_control": enable_remote_control,
+    }
+
+
+def broker_urls(conf: Any) -> list[str]:
+    """Return every broker URL Celery may connect to (failover lists included)."""
+    urls: list[str] = []
+    for setting in ("broker_url", "broker_read_url", "broker_write_url"):
+        value = conf.get(setting)
+        for item in _as_list(value):
+            urls.extend(u.strip() for u in item.split(";") if u.strip())
+    return urls or ["amqp://guest@localhost//"]  # Celery's default
+
+
+def broker_tls_settings(
+    conf: Any,
+    *,
+    broker_ca: str | None,
+    broker_cert: str | None,
+    broker_key: str | None,
+    server_hostname: str | None,
+    allow_insecure: bool,
+) -> tuple[dict[str, Any] | None, list[str]]:
+    """Validate the broker URL(s) and TLS files; return ``broker_use_ssl`` and warnings.
+
+    Returns ``(None, warnings)`` only when ``allow_insecure`` is set and no TLS
+    material was given (lab use).
+    """
+    warnings: list[str] = []
+    urls = broker_urls(conf)
+    plain = [u for u in urls if urlsplit(u).scheme != "amqps"]
+    given = [p for p in (broker_ca, broker_cert, broker_key) if p]
+    if plain:
+        shown = ", ".join(urlsplit(u).scheme + "://" + (urlsplit(u).hostname or "") for u in plain)
+        if not allow_insecure:
+            raise BrokerTLSError(
+                "broker_url",
+                f"broker URL(s) {shown} do not use amqps:// (TLS)",
+                "use amqps://<broker>:5671/<vhost>; allow_insecure_broker=True is for labs only",
+            )
+        warnings.append(f"insecure broker allowed (lab only): {shown}")
+    if not given and allow_insecure:
+        warnings.append("no broker TLS client certificate configured (lab only)")
+        return None, warnings
+    missing = [
+        name
+        for name, value in (
+            ("broker_ca", broker_ca),
+            ("broker_cert", broker_cert),
+            ("broker_key", broker_key),
+        )
+        if not value
+    ]
+    if missing:
+        raise BrokerTLSError(
+            ", ".join(missing),
+            "broker TLS needs the CA bundle, a client certificate and its key",
+            "pass broker_ca=, broker_cert= and broker_key= to harden()",
+        )
+    ca = str(check_readable_file(str(broker_ca), "broker_ca"))
+    certfile = str(check_readable_file(str(broker_cert), "broker_cert"))
+    keyfile = str(check_private_key_file(str(broker_key), "broker_key"))
+    if server_hostname is None:
+        hosts = [urlsplit(u).hostname for u in urls if urlsplit(u).scheme == "amqps"]
+        server_hostname = next((h for h in hosts if h), None)
+    if not server_hostname:
+        raise BrokerTLSError(
+            "broker_server_hostname",
+            "cannot tell which name the broker certificate must carry",
+            "pass broker_server_hostname= (the name in the broker's certificate)",
+        )
+    return {
+        "ca_certs": ca,
+        "certfile": certfile,
+        "keyfile": keyfile,
+        "cert_reqs": ssl.CERT_REQUIRED,
+        "server_hostname": server_hostname,
+    }, warnings
+
+
+def verify_applied(app: Any, *, sign_results: bool | None = None) -> None:
+    """Raise :class:`SerializerError` if the hardened settings no longer hold.
+
+    Called again when the worker starts consuming, so a setting changed after
+    ``harden()`` (or pickle re-enabled in kombu) stops the worker.
+    """
+    conf = app.conf
+    expected: dict[str, Any] = {
+        "task_serializer": "auth",
+        "accept_content": ["auth"],
+        "event_serializer": "auth",
+    }
+    for setting, value in expected.items():
+        actual = conf.get(setting)
+        if (list(actual) if isinstance(actual, (list, tuple)) else actual) != value:
+            raise SerializerError(
+                setting,
+                f"{setting} is {actual!r}, not {value!r} (changed after harden()?)",
+                f"do not override {setting} after security_lib.harden()",
+            )
+    result_accept = conf.get("result_accept_content")
+    allowed_results = (["auth"],) if sign_results else (["json"], ["auth"])
+    if result_accept is None or list(result_accept) not in allowed_results:
+        raise SerializerError(
+            "result_accept_content",
+            f"result_accept_content is {result_accept!r}; unset it falls back to accept_content",
+            "set it explicitly (harden() sets ['json'], or ['auth'] with sign_results=True)",
+        )
+    refuse_unsafe_serializer_choices(conf)
+    unsafe = enabled_unsafe_decoders()
+    if unsafe:
+        raise SerializerError(
+            "kombu serializers",
+            f"{', '.join(unsafe)} decoding is enabled in kombu's registry",
+            "do not call kombu.enable_insecure_serializers(); harden() disables them",
+        )

@@ -1,0 +1,256 @@
+"""Fail-closed configuration: each unsafe setup raises a SecurityConfigError naming the fix."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from celery import Celery
+from conftest import PKI, write_private
+from kombu.serialization import enable_insecure_serializers
+
+import security_lib
+from security_lib import (
+    ALLOW_ANY_SIGNER,
+    BrokerTLSError,
+    CertificateError,
+    CertStoreError,
+    FilePermissionError,
+    KeyCertMismatchError,
+    MissingFileError,
+    PolicyError,
+    SecurityConfigError,
+    SerializerError,
+)
+from security_lib.settings import verify_applied
+
+DAY = dt.timedelta(days=1)
+
+
+def make_app(broker: str = "memory://") -> Celery:
+    return Celery("t", broker=broker, set_as_current=False)
+
+
+def harden(app: Celery, pki: PKI, **overrides: Any) -> security_lib.Hardening:
+    kwargs: dict[str, Any] = {
+        "key": pki.worker.key,
+        "cert": pki.worker.cert,
+        "cert_store": pki.store,
+        "allowed_tasks": {"signer-client": ["kit.*"]},
+        "allow_insecure_broker": True,
+    }
+    kwargs.update(overrides)
+    return security_lib.harden(app, **kwargs)
+
+
+def test_valid_configuration_is_applied(pki: PKI) -> None:
+    app = make_app()
+    result = harden(app, pki)
+    conf = app.conf
+    assert conf.task_serializer == "auth"
+    assert conf.accept_content == ["auth"]
+    assert conf.event_serializer == "auth"
+    assert conf.result_serializer == "json"
+    assert conf.result_accept_content == ["json"]  # explicit: no fallback to accept_content
+    assert conf.security_digest == "sha256"
+    assert conf.worker_enable_remote_control is False
+    assert result.signer.common_name == "signer-worker"
+
+
+def test_sign_results_uses_auth_for_results(pki: PKI) -> None:
+    app = make_app()
+    harden(app, pki, sign_results=True)
+    assert app.conf.result_serializer == "auth"
+    assert app.conf.result_accept_content == ["auth"]
+
+
+def test_missing_key_file(pki: PKI, tmp_path: Path) -> None:
+    missing = tmp_path / "nope.key"
+    with pytest.raises(MissingFileError, match=r"nope\.key does not exist"):
+        harden(make_app(), pki, key=missing)
+
+
+def test_key_path_is_a_directory(pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(MissingFileError, match="not a regular file"):
+        harden(make_app(), pki, key=tmp_path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_cert(pki: PKI, tmp_path: Path) -> None:
+    cert = tmp_path / "c.pem"
+    shutil.copy(pki.worker.cert, cert)
+    cert.chmod(0)
+    with pytest.raises(MissingFileError, match="not readable"):
+        harden(make_app(), pki, cert=cert)
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
+def test_key_readable_by_others(pki: PKI, tmp_path: Path, mode: int) -> None:
+    key = write_private(tmp_path / "k.key", pki.worker.key.read_bytes(), mode)
+    with pytest.raises(FilePermissionError, match=rf"mode {mode:04o}.*chmod 0600"):
+        harden(make_app(), pki, key=key)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to chown")
+def test_key_owned_by_another_user(pki: PKI, tmp_path: Path) -> None:
+    key = write_private(tmp_path / "k.key", pki.worker.key.read_bytes())
+    os.chown(key, 4242, 4242)
+    with pytest.raises(FilePermissionError, match="owned by uid 4242"):
+        harden(make_app(), pki, key=key)
+
+
+def test_key_and_cert_do_not_match(pki: PKI) -> None:
+    with pytest.raises(KeyCertMismatchError, match="does not match certificate"):
+        harden(make_app(), pki, key=pki.client.key)
+
+
+def test_expired_cert(pki: PKI) -> None:
+    old = pki.ca.issue("signer-old", not_before=-10 * DAY, not_after=-DAY)
+    with pytest.raises(CertificateError, match="expired on"):
+        harden(make_app(), pki, key=old.key, cert=old.cert)
+
+
+def test_not_yet_valid_cert(pki: PKI) -> None:
+    early = pki.ca.issue("signer-early", not_before=2 * DAY, not_after=30 * DAY)
+    with pytest.raises(CertificateError, match="not valid before"):
+        harden(make_app(), pki, key=early.key, cert=early.cert)
+
+
+def test_cert_expiring_soon_warns(pki: PKI, caplog: pytest.LogCaptureFixture) -> None:
+    soon = pki.ca.issue("signer-soon", not_after=5 * DAY)
+    store = pki.new_store("soon", soon, pki.client)
+    caplog.set_level("WARNING", logger="security_lib")
+    result = harden(make_app(), pki, key=soon.key, cert=soon.cert, cert_store=store)
+    assert any("expires in 4 days" in w or "expires in 5 days" in w for w in result.warnings)
+    assert "expires in" in caplog.text
+
+
+def test_empty_cert_store(pki: PKI, tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(CertStoreError, match="no certificate matches"):
+        harden(make_app(), pki, cert_store=empty)
+
+
+def test_missing_cert_store(pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(CertStoreError, match="neither a directory nor a glob"):
+        harden(make_app(), pki, cert_store=tmp_path / "absent")
+
+
+def test_glob_matching_nothing(pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(CertStoreError, match="no certificate matches"):
+        harden(make_app(), pki, cert_store=str(tmp_path / "*.pem"))
+
+
+def test_cert_store_with_expired_cert(pki: PKI) -> None:
+    old = pki.ca.issue("signer-old2", not_before=-10 * DAY, not_after=-DAY)
+    store = pki.new_store("with-expired", pki.worker, pki.client, old)
+    with pytest.raises(CertStoreError, match=r"signer-old2\.pem expired on"):
+        harden(make_app(), pki, cert_store=store)
+
+
+def test_cert_store_with_garbage(pki: PKI) -> None:
+    store = pki.new_store("garbage", pki.worker)
+    (store / "notes.txt").write_text("hello")
+    with pytest.raises(CertStoreError, match=r"notes\.txt is not a PEM certificate"):
+        harden(make_app(), pki, cert_store=store)
+
+
+def test_plain_amqp_broker_is_refused(pki: PKI) -> None:
+    app = make_app("amqp://guest@rabbit:5672//")
+    with pytest.raises(BrokerTLSError, match=r"do not use amqps://.*allow_insecure_broker"):
+        harden(app, pki, allow_insecure_broker=False)
+    assert app.conf.task_serializer != "auth"  # nothing applied on failure
+
+
+def test_amqps_without_client_cert_is_refused(pki: PKI) -> None:
+    app = make_app("amqps://rabbit:5671//")
+    with pytest.raises(BrokerTLSError, match="broker_ca, broker_cert, broker_key"):
+        harden(app, pki, allow_insecure_broker=False)
+
+
+def test_amqps_with_tls_material(pki: PKI) -> None:
+    app = make_app("amqps://kit-broker:5671/kit")
+    harden(
+        app,
+        pki,
+        allow_insecure_broker=False,
+        broker_ca=pki.ca.pem,
+        broker_cert=pki.client.cert,
+        broker_key=pki.client.key,
+    )
+    ssl_opts = app.conf.broker_use_ssl
+    assert ssl_opts["cert_reqs"] == 2  # ssl.CERT_REQUIRED
+    assert ssl_opts["server_hostname"] == "kit-broker"
+    assert ssl_opts["ca_certs"] == str(pki.ca.pem)
+
+
+def test_broker_key_mode_is_checked(pki: PKI, tmp_path: Path) -> None:
+    key = write_private(tmp_path / "b.key", pki.client.key.read_bytes(), 0o644)
+    app = make_app("amqps://kit-broker:5671/kit")
+    with pytest.raises(FilePermissionError, match="broker_key"):
+        harden(app, pki, broker_ca=pki.ca.pem, broker_cert=pki.client.cert, broker_key=key)
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("accept_content", ["json", "pickle"]),
+        ("result_accept_content", ["application/x-python-serialize"]),
+        ("task_serializer", "pickle"),
+        ("result_serializer", "yaml"),
+    ],
+)
+def test_unsafe_serializer_requested(pki: PKI, setting: str, value: Any) -> None:
+    app = make_app()
+    app.conf[setting] = value
+    with pytest.raises(SerializerError, match=rf"{setting}.*can execute code"):
+        harden(app, pki)
+
+
+def test_unsafe_serializer_enabled_after_harden_stops_worker(pki: PKI) -> None:
+    app = make_app()
+    harden(app, pki)
+    verify_applied(app)
+    app.conf.accept_content = ["auth", "pickle"]
+    with pytest.raises(SerializerError, match="accept_content"):
+        verify_applied(app)
+    app.conf.accept_content = ["auth"]
+    enable_insecure_serializers(["pickle"])  # type: ignore[no-untyped-call]
+    try:
+        with pytest.raises(SerializerError, match="pickle decoding is enabled"):
+            verify_applied(app)
+    finally:
+        harden(app, pki)  # setup_security disables pickle again
+    verify_applied(app)
+
+
+def test_allowlist_none_is_refused(pki: PKI) -> None:
+    with pytest.raises(PolicyError, match="ALLOW_ANY_SIGNER"):
+        harden(make_app(), pki, allowed_tasks=None)
+
+
+def test_allowlist_string_instead_of_list(pki: PKI) -> None:
+    with pytest.raises(PolicyError, match="a list, not a string"):
+        harden(make_app(), pki, allowed_tasks={"signer-client": "kit.*"})
+
+
+def test_allow_any_signer_warns(pki: PKI) -> None:
+    result = harden(make_app(), pki, allowed_tasks=ALLOW_ANY_SIGNER)
+    assert any("ALLOW_ANY_SIGNER" in w for w in result.warnings)
+
+
+def test_weak_digest_is_refused(pki: PKI) -> None:
+    with pytest.raises(SecurityConfigError, match="sha256 or stronger"):
+        harden(make_app(), pki, digest="sha1")
+
+
+def test_error_names_setting_and_fix(pki: PKI, tmp_path: Path) -> None:
+    with pytest.raises(SecurityConfigError) as info:
+        harden(make_app(), pki, key=tmp_path / "x.key")
+    assert info.value.setting.startswith("key")
+    assert "Fix:" in str(info.value)
