@@ -67,6 +67,10 @@ REASONS: Final[Mapping[str, str]] = {
     "replay": "the same message (task id, retries, replace nesting) was already accepted",
     "replay-cache-full": "the replay cache is full; fail closed",
     "gate-error": "internal error while checking; fail closed",
+    "unknown-task": "no such task registered on this worker (Celery rejects it; logged by the kit)",
+    "unknown-message": "not a task message (Celery rejects it; logged by the kit)",
+    "invalid-task": "Celery found the task message invalid (logged by the kit)",
+    "undecodable": "a protocol 1 body failed to decode/verify (Celery drops it; logged by the kit)",
 }
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
@@ -143,15 +147,9 @@ class Gate:
         if reason is None:
             return None
         hdrs: Mapping[str, Any] = headers if isinstance(headers, Mapping) else {}
-        logger.error(
-            "%s reason=%s task=%s id=%s signer=%s%s",
-            REJECT_PREFIX,
-            reason,
-            _clean(hdrs.get("task")),
-            _clean(hdrs.get("id")),
-            _clean(signer.label()) if signer is not None else "-",
-            f" detail={_clean(detail)}" if detail else "",
-        )
+        if "task" not in hdrs and isinstance(body, Mapping):
+            hdrs = body  # protocol 1 carries task and id in the (already decoded) body
+        log_rejection(reason, hdrs.get("task"), hdrs.get("id"), signer, detail)
         return reason
 
 
@@ -189,6 +187,43 @@ def gated_strategy(inner: StrategyHandler, gate: Gate, consumer: Any) -> Strateg
     return task_message_handler
 
 
+_CELERY_REJECTIONS: Final = {
+    "on_unknown_task": "unknown-task",
+    "on_unknown_message": "unknown-message",
+    "on_invalid_task": "invalid-task",
+    "on_decode_error": "undecodable",
+}
+
+
+def _logged_rejection(handler: Callable[..., Any], reason: str) -> Callable[..., Any]:
+    """Wrap one of Celery's own rejection callbacks so it also logs our line."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        message = next((a for a in args if hasattr(a, "headers") and hasattr(a, "body")), None)
+        headers = getattr(message, "headers", None)
+        hdrs: Mapping[str, Any] = headers if isinstance(headers, Mapping) else {}
+        log_rejection(reason, hdrs.get("task"), hdrs.get("id"), None, "")
+        return handler(*args, **kwargs)
+
+    setattr(wrapper, _MARK, True)
+    return wrapper
+
+
+def log_rejection(
+    reason: str, task: Any, task_id: Any, signer: SignerIdentity | None, detail: str
+) -> None:
+    """Log the contract line for one rejected message."""
+    logger.error(
+        "%s reason=%s task=%s id=%s signer=%s%s",
+        REJECT_PREFIX,
+        reason,
+        _clean(task),
+        _clean(task_id),
+        _clean(signer.label()) if signer is not None else "-",
+        f" detail={_clean(detail)}" if detail else "",
+    )
+
+
 class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is untyped
     """Consumer bootstep wrapping every task strategy with the gate.
 
@@ -223,4 +258,11 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
         for name, strategy in list(strategies.items()):
             if not getattr(strategy, _MARK, False):
                 strategies[name] = gated_strategy(strategy, gate, c)
+        # Messages Celery itself refuses before any strategy (unknown task name,
+        # not a task message, undecodable protocol 1 body) get our log line too,
+        # so that every refused message can be found by its prefix.
+        for attribute, reason in _CELERY_REJECTIONS.items():
+            handler = getattr(c, attribute, None)
+            if callable(handler) and not getattr(handler, _MARK, False):
+                setattr(c, attribute, _logged_rejection(handler, reason))
         logger.info("security_lib gate active on %d task(s)", len(strategies))

@@ -1,0 +1,150 @@
+"""Helpers for the attack tests: forge, tamper with and replay task messages."""
+
+from __future__ import annotations
+
+import base64
+import copy
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery import Celery
+from conftest import Issued
+
+from security_lib.envelope import make_envelope
+from security_lib.serializer import SEPARATOR, KitSerializer
+
+LINE = re.compile(
+    r"^security_lib rejected message: reason=(?P<reason>\S+) task=(?P<task>\S+) "
+    r"id=(?P<id>\S+) signer=(?P<signer>\S+)( detail=\S+)?$"
+)
+
+
+class ListHandler(logging.Handler):
+    """Collect the kit's log lines (thread-safe; the worker runs in a thread)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self._lock2 = threading.Lock()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with self._lock2:
+            self.lines.append(record.getMessage())
+
+    def rejections(self, task_id: str) -> list[re.Match[str]]:
+        with self._lock2:
+            found = [LINE.match(line) for line in self.lines]
+        return [m for m in found if m is not None and m["id"] == task_id]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise AssertionError("timed out waiting")
+
+
+@dataclass
+class Message:
+    """A task message as it goes on the wire: headers, properties, raw payload."""
+
+    headers: dict[str, Any]
+    properties: dict[str, Any]
+    payload: str | bytes
+    content_type: str = "application/data"
+
+    @property
+    def id(self) -> str:
+        return str(self.headers["id"])
+
+    def copy(self, **header_changes: Any) -> Message:
+        headers = copy.deepcopy(self.headers)
+        headers.update(header_changes)
+        return Message(headers, dict(self.properties), self.payload, self.content_type)
+
+
+@dataclass
+class Forger:
+    """Builds messages like a producer signing with ``signer`` would (or worse)."""
+
+    app: Celery
+    signer: Issued | None
+    sent: list[Message] = field(default_factory=list)
+
+    def serializer(self) -> KitSerializer:
+        if self.signer is None:
+            raise AssertionError("no signer")
+        return KitSerializer(
+            key=self.signer.private_key, cert=self.signer.certificate, store={}, digest="sha256"
+        )
+
+    def build(
+        self,
+        name: str,
+        args: tuple[Any, ...] = (),
+        *,
+        envelope: bool = True,
+        ts: float | None = None,
+        envelope_signer: str | None = None,
+        **options: Any,
+    ) -> tuple[dict[str, Any], dict[str, Any], Any]:
+        task_id = str(uuid.uuid4())
+        headers, properties, body, _ = self.app.amqp.create_task_message(
+            task_id, name, args, {}, **options
+        )
+        if envelope:
+            fp = envelope_signer or (self.signer.fingerprint if self.signer else "")
+            body[2]["security_lib"] = make_envelope(headers, fp, now=ts)
+        return headers, properties, body
+
+    def signed(self, name: str, args: tuple[Any, ...] = (), **kwargs: Any) -> Message:
+        headers, properties, body = self.build(name, args, **kwargs)
+        return Message(headers, properties, self.serializer().serialize(body))
+
+    def publish(self, message: Message) -> Message:
+        with self.app.connection_for_write() as conn:
+            producer = conn.Producer()
+            producer.publish(
+                message.payload,
+                exchange="",
+                routing_key="celery",
+                headers=copy.deepcopy(message.headers),
+                content_type=message.content_type,
+                content_encoding="utf-8" if message.content_type != "binary" else "binary",
+                correlation_id=message.properties.get("correlation_id"),
+                retry=False,
+            )
+        self.sent.append(message)
+        return message
+
+
+def tamper_body(payload: str | bytes, old: bytes, new: bytes) -> str:
+    """Change bytes inside the signed body without re-signing."""
+    raw = base64.b64decode(payload)
+    parts = raw.split(SEPARATOR, 4)
+    assert old in parts[4]
+    parts[4] = parts[4].replace(old, new)
+    return base64.b64encode(SEPARATOR.join(parts)).decode()
+
+
+def pack(signer_id: str, signature: bytes, content_type: str, encoding: str, body: bytes) -> str:
+    """Pack fields in Celery's auth wire format."""
+    fields = SEPARATOR.join(
+        [
+            base64.b64encode(signer_id.encode()),
+            base64.b64encode(signature),
+            content_type.encode(),
+            encoding.encode(),
+            body,
+        ]
+    )
+    return base64.b64encode(fields).decode()
