@@ -168,7 +168,11 @@ def audit(app: Any) -> list[AuditCheck]:
     h = hardening_of(app)
     if h is None:
         return [AuditCheck("hardened", "FAIL", "security_lib.harden() was not called on this app")]
-    results = [AuditCheck("hardened", "PASS", f"harden() applied, {len(h.warnings)} warning(s)")]
+    results = [
+        AuditCheck("hardened", "WARN", "; ".join(h.warnings))
+        if h.warnings
+        else AuditCheck("hardened", "PASS", "harden() applied without warnings")
+    ]
     for name, check in _CHECKS:
         try:
             results.append(check(app, h))

@@ -164,7 +164,10 @@ def install_gate(app: Any, gate: Gate) -> None:
 
 def gate_for(app: Any) -> Gate | None:
     """Return the gate installed on ``app`` by :func:`security_lib.harden`, if any."""
-    return _GATES.get(app)
+    try:
+        return _GATES.get(app)
+    except TypeError:  # not weak-referenceable: certainly not a hardened Celery app
+        return None
 
 
 StrategyHandler = Callable[..., Any]
