@@ -1,0 +1,159 @@
+"""The pki role, checked on the hosts and on the controller.
+
+What a security reviewer asks: are the keys where they should be, owned and
+moded tightly, do the certificates chain to the deployment CA with the right
+names and usages, and did no private key reach the controller?
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+import subprocess
+
+import pytest
+import testinfra
+
+INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+CA_DIR = pathlib.Path.home() / ".local/share/celery-kit/molecule-pki/ca"
+CA_BUNDLE = "/etc/ssl/certs/celery-kit-ca.pem"
+HOSTS = ["pki-broker", "pki-worker"]
+
+
+def _host(name: str) -> testinfra.host.Host:
+    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+
+
+@pytest.fixture(params=HOSTS)
+def node(request: pytest.FixtureRequest) -> tuple[str, testinfra.host.Host]:
+    return request.param, _host(request.param)
+
+
+def test_ca_bundle_is_installed_world_readable(node):
+    _, host = node
+    bundle = host.file(CA_BUNDLE)
+    assert bundle.exists
+    assert (bundle.user, bundle.group, bundle.mode) == ("root", "root", 0o644)
+    assert bundle.content_string == (CA_DIR / "ca.pem").read_text()
+
+
+def test_host_key_is_private_to_root(node):
+    name, host = node
+    key = host.file(f"/etc/ssl/private/{name}.key")
+    assert (key.user, key.group, key.mode) == ("root", "root", 0o600)
+    private_dir = host.file("/etc/ssl/private")
+    assert (private_dir.user, private_dir.group, private_dir.mode) == ("root", "ssl-cert", 0o710)
+
+
+def test_host_cert_chains_to_the_deployment_ca(node):
+    name, host = node
+    cert = host.file(f"/etc/ssl/certs/{name}.pem")
+    assert cert.mode == 0o644
+    verify = host.run(f"openssl verify -CAfile {CA_BUNDLE} -purpose sslserver /etc/ssl/certs/{name}.pem")
+    assert verify.rc == 0, verify.stderr
+    verify = host.run(f"openssl verify -CAfile {CA_BUNDLE} -purpose sslclient /etc/ssl/certs/{name}.pem")
+    assert verify.rc == 0, verify.stderr
+
+
+def test_host_key_matches_its_cert(node):
+    name, host = node
+    key_pub = host.check_output(f"openssl pkey -in /etc/ssl/private/{name}.key -pubout")
+    cert_pub = host.check_output(f"openssl x509 -in /etc/ssl/certs/{name}.pem -noout -pubkey")
+    assert key_pub == cert_pub
+
+
+def test_host_cert_names_the_host_and_its_addresses(node):
+    name, host = node
+    text = host.check_output(f"openssl x509 -in /etc/ssl/certs/{name}.pem -noout -ext subjectAltName")
+    assert f"DNS:{name}" in text
+    for address in host.interface("eth0").addresses:
+        if ":" not in address:
+            assert f"IP Address:{address}" in text
+    subject = host.check_output(f"openssl x509 -in /etc/ssl/certs/{name}.pem -noout -subject")
+    assert subject.endswith(f"CN = {name}")
+
+
+def test_signing_cert_is_not_a_tls_identity():
+    host = _host("pki-worker")
+    key = host.file("/etc/celery-kit/signing/signer.key")
+    assert (key.user, key.mode) == ("root", 0o600)
+    pem = "/etc/celery-kit/signing/signer.pem"
+    assert host.run(f"openssl verify -CAfile {CA_BUNDLE} {pem}").rc == 0
+    # codeSigning only: it must not pass as a server or client cert.
+    assert host.run(f"openssl verify -CAfile {CA_BUNDLE} -purpose sslserver {pem}").rc != 0
+    assert host.run(f"openssl verify -CAfile {CA_BUNDLE} -purpose sslclient {pem}").rc != 0
+    subject = host.check_output(f"openssl x509 -in {pem} -noout -subject")
+    assert subject.endswith("CN = signer-demo-worker")
+    usage = host.check_output(f"openssl x509 -in {pem} -noout -ext keyUsage")
+    assert "Digital Signature" in usage and "Key Encipherment" not in usage
+
+
+def test_signing_key_is_rsa_for_celery():
+    host = _host("pki-worker")
+    text = host.check_output("openssl pkey -in /etc/celery-kit/signing/signer.key -noout -text | head -1")
+    assert "3072 bit" in text
+
+
+def test_controller_holds_only_the_ca_key():
+    keys = sorted(p.name for p in CA_DIR.rglob("*") if p.is_file() and p.suffix in {".key", ".csr"})
+    assert keys == ["ca.key"]
+    assert (CA_DIR / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert CA_DIR.stat().st_mode & 0o777 == 0o700
+
+
+def test_expiry_report_lists_every_certificate(node):
+    name, host = node
+    listed = host.file("/etc/ssl/celery-kit-certificates.list").content_string.split()
+    assert f"/etc/ssl/certs/{name}.pem" in listed
+
+
+def _run_playbook(*extra: str) -> subprocess.CompletedProcess[str]:
+    root = pathlib.Path(__file__).resolve().parents[3]
+    return subprocess.run(
+        ["ansible-playbook", "-i", INVENTORY, str(root / "playbooks/pki.yml"), *extra],
+        capture_output=True, text=True, cwd=root, check=False,
+        env={**os.environ, "ANSIBLE_ROLES_PATH": str(root / "roles")},
+    )
+
+
+def _fingerprints() -> list[str]:
+    return [
+        _host(n).check_output(f"openssl x509 -in /etc/ssl/certs/{n}.pem -noout -fingerprint -sha256")
+        for n in HOSTS
+    ]
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "expected"),
+    [
+        ('{"pki_key_size": 1024}', "pki_key_size"),
+        ('{"pki_certificates": [{"name": "x", "common_name": "x", "purpose": "email"}]}', "purpose"),
+        ('{"pki_renew_before_days": 400}', "pki_renew_before_days"),
+        ('{"pki_ca_dir": "relative/ca"}', "pki_ca_dir"),
+    ],
+)
+def test_bad_input_is_refused_and_changes_nothing(extra_vars, expected):
+    before = _fingerprints()
+    result = _run_playbook("-e", extra_vars, "-e", "pki_deployment=molecule-pki")
+    assert result.returncode != 0
+    assert expected in result.stdout + result.stderr
+    assert "changed=0" in result.stdout or "changed=" not in result.stdout
+    assert _fingerprints() == before
+
+
+def test_renewal_window_reissues_the_cert():
+    """A certificate inside pki_renew_before_days is re-issued, the key kept."""
+    host = _host("pki-broker")
+    key_before = host.check_output("sha256sum /etc/ssl/private/pki-broker.key")
+    cert_before = host.check_output("openssl x509 -in /etc/ssl/certs/pki-broker.pem -noout -serial")
+    result = _run_playbook("-e", '{"pki_renew_before_days": 380, "pki_cert_valid_days": 400}',
+                           "--limit", "pki-broker")
+    assert result.returncode == 0, result.stdout[-3000:]
+    assert host.check_output("sha256sum /etc/ssl/private/pki-broker.key") == key_before
+    assert host.check_output("openssl x509 -in /etc/ssl/certs/pki-broker.pem -noout -serial") != cert_before
+    # Back to the defaults: nothing more to do.
+    again = _run_playbook("--limit", "pki-broker")
+    assert again.returncode == 0
+    recap = again.stdout.split("PLAY RECAP")[-1]
+    assert re.search(r"pki-broker\s+: ok=\d+\s+changed=0\s", recap), recap
