@@ -4,8 +4,8 @@ Not a test. Run ``python -m security_lib.bench [--iterations N] [--key-size BITS
 Keys and certificates are generated in memory for the run (RSA 3072 by
 default, as the kit's PKI issues). Each row is one full producer + worker
 round of the serializer work for the same protocol 2 message; ratios are
-from this single run. Each row reports the best of 5 rounds so that a busy
-host distorts the ratios less.
+from this single run. Paths are interleaved over 10 rounds and each row
+reports its best round, so that a busy host distorts the ratios less.
 """
 
 from __future__ import annotations
@@ -78,22 +78,30 @@ def _message(task_id: str) -> tuple[dict[str, Any], tuple[Any, ...]]:
     return headers, body
 
 
-def _per_message(fn: Callable[[int], object], iterations: int, rounds: int = 5) -> float:
-    """Return the best per-message time over ``rounds`` rounds (robust to a busy host)."""
-    fn(-1)  # warm up
+def _measure(
+    paths: Sequence[tuple[str, Callable[[int], object]]], iterations: int, rounds: int
+) -> list[tuple[str, float]]:
+    """Return the best per-message time of each path.
+
+    Paths are interleaved round by round, so a busy host slows all of them
+    alike, and the best round of each path is kept.
+    """
     per_round = max(1, iterations // rounds)
-    best = float("inf")
+    best = {label: float("inf") for label, _ in paths}
     counter = 0
+    for _, fn in paths:
+        fn(-1)  # warm up
     for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(per_round):
-            fn(counter)
-            counter += 1
-        best = min(best, (time.perf_counter() - start) / per_round)
-    return best
+        for label, fn in paths:
+            start = time.perf_counter()
+            for _ in range(per_round):
+                fn(counter)
+                counter += 1
+            best[label] = min(best[label], (time.perf_counter() - start) / per_round)
+    return [(label, best[label]) for label, _ in paths]
 
 
-def run(iterations: int = 200, key_size: int = 3072) -> list[tuple[str, float]]:
+def run(iterations: int = 200, key_size: int = 3072, rounds: int = 10) -> list[tuple[str, float]]:
     """Return ``(label, seconds per message)`` for every measured path."""
     from celery.security.certificate import Certificate, CertStore  # noqa: PLC0415
     from celery.security.key import PrivateKey  # noqa: PLC0415
@@ -158,13 +166,17 @@ def run(iterations: int = 200, key_size: int = 3072) -> list[tuple[str, float]]:
         kit.deserialize(payload)  # type: ignore[arg-type]
         return kit.deserialize(payload)  # type: ignore[arg-type]
 
-    return [
-        ("plain json (no signing)", _per_message(plain_json, iterations)),
-        ("raw RSA-PSS sign+verify", _per_message(raw_rsa, iterations)),
-        ("stock Celery auth", _per_message(stock_auth, iterations)),
-        ("kit: envelope+sign+gate", _per_message(kit_gate, iterations)),
-        ("kit as on a worker (+2 decodes)", _per_message(kit_worker, iterations)),
-    ]
+    return _measure(
+        [
+            ("plain json (no signing)", plain_json),
+            ("raw RSA-PSS sign+verify", raw_rsa),
+            ("stock Celery auth", stock_auth),
+            ("kit: envelope+sign+gate", kit_gate),
+            ("kit as on a worker (+2 decodes)", kit_worker),
+        ],
+        iterations,
+        rounds,
+    )
 
 
 def render(rows: Sequence[tuple[str, float]], iterations: int, key_size: int) -> str:
@@ -173,7 +185,7 @@ def render(rows: Sequence[tuple[str, float]], iterations: int, key_size: int) ->
     base_rsa = rows[1][1]
     width = max(len(label) for label, _ in rows)
     out = [
-        f"RSA {key_size}, sha256, {iterations} messages per row, best of 5 rounds",
+        f"RSA {key_size}, sha256, {iterations} messages per row, best of 10 interleaved rounds",
         f"{'path':<{width}}  {'us/msg':>9}  {'x json':>8}  {'x raw RSA':>9}",
     ]
     for label, seconds in rows:
