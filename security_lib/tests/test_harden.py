@@ -79,11 +79,15 @@ def test_key_path_is_a_directory(pki: PKI, tmp_path: Path) -> None:
         harden(make_app(), pki, key=tmp_path)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
-def test_unreadable_cert(pki: PKI, tmp_path: Path) -> None:
+def test_unreadable_cert(pki: PKI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     cert = tmp_path / "c.pem"
     shutil.copy(pki.worker.cert, cert)
     cert.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: simulate what an unprivileged user sees
+        real_access = os.access
+        monkeypatch.setattr(
+            os, "access", lambda p, mode: False if Path(p) == cert else real_access(p, mode)
+        )
     with pytest.raises(MissingFileError, match="not readable"):
         harden(make_app(), pki, cert=cert)
 
@@ -254,3 +258,14 @@ def test_error_names_setting_and_fix(pki: PKI, tmp_path: Path) -> None:
         harden(make_app(), pki, key=tmp_path / "x.key")
     assert info.value.setting.startswith("key")
     assert "Fix:" in str(info.value)
+
+
+def test_publish_fails_closed_if_auth_serializer_was_replaced(pki: PKI) -> None:
+    app = make_app()
+    harden(app, pki)
+    app.setup_security()  # Celery's stock serializer replaces the kit's
+    try:
+        with pytest.raises(SecurityConfigError, match="setup_security"):
+            app.send_task("kit.anything")
+    finally:
+        harden(app, pki)

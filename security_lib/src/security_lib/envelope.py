@@ -143,8 +143,8 @@ def install_sealer(amqp: Any, signer_fingerprint: Callable[[], str]) -> None:
 
     ``amqp`` is ``app.amqp``; the wrapper is per app (Celery's
     ``before_task_publish`` signal is global and cannot tell apps apart).
-    ``signer_fingerprint`` is called per message so that a re-hardened process
-    always seals with its current certificate.
+    ``signer_fingerprint`` is called per message so that the envelope names the
+    key kombu will actually sign with (the registry is process-global).
     """
     original: SendTaskMessage = amqp.send_task_message
     if getattr(original, _MARK, False):

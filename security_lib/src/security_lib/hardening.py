@@ -29,7 +29,12 @@ from .errors import SecurityConfigError
 from .gate import Gate, install_gate
 from .policy import AllowAnySigner, SignerPolicy
 from .replay import ReplayCache
-from .serializer import KitSerializer, digest_algorithm, register_kit_serializer
+from .serializer import (
+    KitSerializer,
+    active_signer_fingerprint,
+    digest_algorithm,
+    register_kit_serializer,
+)
 from .settings import (
     broker_tls_settings,
     refuse_unsafe_serializer_choices,
@@ -185,7 +190,7 @@ def harden(
     serializer = KitSerializer(key=private_key, cert=certificate, store=store, digest=digest)
     register_kit_serializer(serializer)
     verify_applied(app, sign_results=sign_results)
-    install_sealer(app.amqp, lambda: me.fingerprint)
+    install_sealer(app.amqp, active_signer_fingerprint)
     install_gate(
         app, Gate(serializer, policy, ReplayCache(window, skew, max_entries=replay_cache_size))
     )

@@ -202,12 +202,16 @@ class KitSerializer:
         return self.verify(payload).data
 
 
+_ACTIVE: list[KitSerializer] = []
+
+
 def register_kit_serializer(serializer: KitSerializer) -> None:
     """Register ``serializer`` as kombu's ``auth`` serializer (replacing Celery's).
 
     Kombu's registry is process-global, like Celery's ``setup_security``: one
-    signing identity per process.
+    signing identity per process (the last ``harden()`` wins).
     """
+    _ACTIVE[:] = [serializer]
     _register(
         "auth",
         serializer.serialize,
@@ -218,7 +222,24 @@ def register_kit_serializer(serializer: KitSerializer) -> None:
 
 
 def registered_auth_is_kit() -> bool:
-    """Return True if kombu's ``auth`` encoder is a :class:`KitSerializer` method."""
-    encoder = registry._encoders.get("auth")
+    """Return True if kombu's ``auth`` encoder is the kit serializer registered last."""
+    encoder = registry._encoders.get("auth")  # kombu has no public getter
     owner = getattr(getattr(encoder, "encoder", None), "__self__", None)
-    return isinstance(owner, KitSerializer)
+    return bool(_ACTIVE) and owner is _ACTIVE[0]
+
+
+def active_signer_fingerprint() -> str:
+    """Return the fingerprint of the certificate that will sign the next message.
+
+    The envelope must name the key kombu will actually sign with; the producer
+    hook calls this per message and fails the publish if kombu's ``auth``
+    serializer is no longer the kit's (e.g. ``setup_security()`` called again).
+    """
+    signer = _ACTIVE[0].signer if _ACTIVE and registered_auth_is_kit() else None
+    if signer is None:
+        raise SecurityConfigError(
+            "auth serializer",
+            "kombu's 'auth' serializer is not the kit's (setup_security() called after harden()?)",
+            "call security_lib.harden() after any setup_security() call, and only once per process",
+        )
+    return signer.fingerprint
