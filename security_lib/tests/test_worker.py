@@ -375,3 +375,8 @@ def test_rejection_log_line_format(kit: Kit) -> None:
 def test_unknown_task_name_is_rejected_and_logged(kit: Kit) -> None:
     msg = kit.client.signed("kit.safe", ("x",))
     assert kit.rejected(kit.client.publish(msg.copy(task="kit.nonexistent"))) == "unknown-task"
+
+
+def test_remote_control_is_disabled_by_default(kit: Kit) -> None:
+    assert kit.app.conf.worker_enable_remote_control is False
+    assert kit.app.control.ping(timeout=0.5) == []
