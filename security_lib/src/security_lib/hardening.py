@@ -115,7 +115,9 @@ def harden(
     fingerprint) to task-name patterns; ``None`` is refused, pass
     :data:`security_lib.ALLOW_ANY_SIGNER` to opt out visibly. Raises a
     :class:`~security_lib.SecurityConfigError` subclass naming the problem
-    and the fix; on error the app is left unchanged.
+    and the fix. Every check runs before the app is touched, so a refused
+    configuration leaves the app unchanged; if Celery's own ``setup_security()``
+    fails afterwards, no gate is installed and the worker refuses to start.
     """
     now = dt.datetime.now(dt.timezone.utc)
     window = _positive("replay_window", replay_window)
