@@ -8,7 +8,8 @@ turn inventory hosts into addresses and check addresses with Python's
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from ansible.errors import AnsibleFilterError
 
@@ -21,7 +22,9 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
-def firewall_host_addresses(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> list[str]:
+def firewall_host_addresses(
+    hosts: Iterable[str], hostvars: Mapping[str, Any]
+) -> list[str]:
     """Addresses of inventory hosts: ``firewall_address`` (string or list) or
     the ``ansible_default_ipv4.address`` fact. Sorted, without duplicates."""
     out: set[str] = set()
@@ -100,8 +103,11 @@ def firewall_invalid_ports(values: Any) -> list[str]:
 
 def firewall_invalid_port_settings(settings: Mapping[str, Any]) -> dict[str, str]:
     """The settings (name: port) whose value is not a port in 1-65535."""
-    return {name: str(value) for name, value in dict(settings).items()
-            if firewall_invalid_ports([value])}
+    return {
+        name: str(value)
+        for name, value in dict(settings).items()
+        if firewall_invalid_ports([value])
+    }
 
 
 class FilterModule:
