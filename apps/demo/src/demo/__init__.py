@@ -1,0 +1,1 @@
+"""Demo Celery app for the celery kit (see README.md)."""
