@@ -115,7 +115,12 @@ def _run_playbook(*extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["ansible-playbook", "-i", INVENTORY, str(root / "playbooks/pki.yml"), *extra],
         capture_output=True, text=True, cwd=root, check=False,
-        env={**os.environ, "ANSIBLE_ROLES_PATH": str(root / "roles")},
+        env={
+            **os.environ,
+            "ANSIBLE_ROLES_PATH": str(root / "roles"),
+            "ANSIBLE_FORCE_COLOR": "0",
+            "ANSIBLE_NOCOLOR": "1",
+        },
     )
 
 
