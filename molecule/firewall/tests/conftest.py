@@ -73,10 +73,7 @@ def mark_journal(host: str) -> str:
     marker = f"test-marker {uuid.uuid4()}"
     lab(host).check_output(f"logger -t celery-kit-fw -p auth.info '{marker}'")
     assert wait_for(
-        lambda: (
-            marker
-            in lab(host).run("journalctl -q --no-pager -t celery-kit-fw -o cat").stdout
-        ),
+        lambda: marker in lab(host).run("journalctl -q --no-pager -t celery-kit-fw -o cat").stdout,
         20,
     )
     return marker

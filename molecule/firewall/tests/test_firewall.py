@@ -52,9 +52,7 @@ INBOUND = [
 ]
 
 
-@pytest.mark.parametrize(
-    "src,dst,port,reachable", INBOUND, ids=[f"{s}->{d}:{p}" for s, d, p, _ in INBOUND]
-)
+@pytest.mark.parametrize("src,dst,port,reachable", INBOUND, ids=[f"{s}->{d}:{p}" for s, d, p, _ in INBOUND])
 def test_inbound_allowlists(src, dst, port, reachable):
     assert tcp_reachable(src, dst, port) is reachable
 
@@ -123,9 +121,7 @@ def test_units_and_status(name):
     # The flushing distribution ruleset can never be started.
     assert host.run("systemctl is-enabled nftables.service").stdout.strip() == "masked"
     ruleset = host.file("/etc/celery-kit-fw/ruleset.nft").content_string
-    assert not [
-        line for line in ruleset.splitlines() if line.strip().startswith("flush")
-    ]
+    assert not [line for line in ruleset.splitlines() if line.strip().startswith("flush")]
     status = host.run(STATUS)
     assert status.rc == EXIT_OK, status.stdout + status.stderr
     assert "verdict: OK" in status.stdout

@@ -19,9 +19,7 @@ HOST = "fw-client"
 
 
 def _check_unit_status() -> int:
-    out = lab(HOST).check_output(
-        "systemctl show -p ExecMainStatus --value celery-kit-fw-check.service"
-    )
+    out = lab(HOST).check_output("systemctl show -p ExecMainStatus --value celery-kit-fw-check.service")
     return int(out.strip() or -1)
 
 
@@ -32,9 +30,7 @@ def _run_check_unit() -> int:
 
 
 def _rule_handle(chain: str, needle: str) -> str:
-    for line in (
-        lab(HOST).check_output(f"nft -a list chain {TABLE} {chain}").splitlines()
-    ):
+    for line in lab(HOST).check_output(f"nft -a list chain {TABLE} {chain}").splitlines():
         if needle in line and "# handle" in line:
             return line.rsplit("# handle", 1)[1].strip()
     raise AssertionError(f"no rule with {needle!r} in chain {chain}")
@@ -73,9 +69,7 @@ def test_deleted_table_is_reported_by_the_timer(restored):
     host.check_output(f"nft delete table {TABLE}")
     # The lab's timer fires every 10 s: its own next run must report it.
     log = wait_for(
-        lambda: (
-            "is missing" in journal_since(HOST, marker) and journal_since(HOST, marker)
-        ),
+        lambda: "is missing" in journal_since(HOST, marker) and journal_since(HOST, marker),
         45,
     )
     assert log, "the timer's check did not report the missing table within 45 s"
@@ -93,9 +87,8 @@ def test_broken_ruleset_file_never_replaces_the_working_table(restored):
     path = "/etc/celery-kit-fw/ruleset.nft"
     host.check_output(f"cp -p {path} /root/ruleset.good")
     try:
-        host.check_output(
-            f"printf 'table inet celery_kit_fw\\ndelete table inet celery_kit_fw\\nthis is not nft\\n' > {path}"
-        )
+        broken = "table inet celery_kit_fw\\ndelete table inet celery_kit_fw\\nthis is not nft\\n"
+        host.check_output(f"printf '{broken}' > {path}")
         assert host.run("systemctl restart celery-kit-fw.service").rc != 0
         # The old table is still loaded, unchanged, and the baseline was kept.
         assert host.run(CHECK + " --no-syslog").rc == EXIT_OK

@@ -21,15 +21,13 @@ def test_table_is_loaded_at_boot():
     host = lab("fw-worker")
     # Right after the start systemd may not answer on its bus yet.
     state = wait_for(
-        lambda: host.run("systemctl is-system-running --wait").stdout.strip(), 90
+        lambda: host.run("systemctl is-system-running --wait").stdout.strip(),  # noqa: PLW0108
+        90,
     )
-    assert state in ("running", "degraded"), host.run(
-        "systemctl --failed --no-pager"
-    ).stdout
+    assert state in ("running", "degraded"), host.run("systemctl --failed --no-pager").stdout
     assert (
         host.service("celery-kit-fw.service").is_running
-        or host.run("systemctl is-active celery-kit-fw.service").stdout.strip()
-        == "active"
+        or host.run("systemctl is-active celery-kit-fw.service").stdout.strip() == "active"
     )
     assert "worker_egress_dropped" in host.check_output(f"nft -s list table {TABLE}")
     assert host.run(CHECK + " --no-syslog").rc == EXIT_OK

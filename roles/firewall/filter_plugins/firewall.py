@@ -22,9 +22,7 @@ def _as_list(value: Any) -> list[Any]:
     return list(value)
 
 
-def firewall_host_addresses(
-    hosts: Iterable[str], hostvars: Mapping[str, Any]
-) -> list[str]:
+def firewall_host_addresses(hosts: Iterable[str], hostvars: Mapping[str, Any]) -> list[str]:
     """Addresses of inventory hosts: ``firewall_address`` (string or list) or
     the ``ansible_default_ipv4.address`` fact. Sorted, without duplicates."""
     out: set[str] = set()
@@ -63,10 +61,7 @@ def firewall_family(values: Any, family: int) -> list[str]:
     nets = [ipaddress.ip_network(str(v), strict=True) for v in _as_list(values)]
     picked = [n for n in nets if n.version == int(family)]
     merged = ipaddress.collapse_addresses(picked)  # type: ignore[type-var]
-    return [
-        str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n)
-        for n in sorted(merged)
-    ]
+    return [str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n) for n in sorted(merged)]
 
 
 def firewall_address_allowed(address: Any, networks: Any) -> bool:
@@ -103,11 +98,7 @@ def firewall_invalid_ports(values: Any) -> list[str]:
 
 def firewall_invalid_port_settings(settings: Mapping[str, Any]) -> dict[str, str]:
     """The settings (name: port) whose value is not a port in 1-65535."""
-    return {
-        name: str(value)
-        for name, value in dict(settings).items()
-        if firewall_invalid_ports([value])
-    }
+    return {name: str(value) for name, value in dict(settings).items() if firewall_invalid_ports([value])}
 
 
 class FilterModule:
