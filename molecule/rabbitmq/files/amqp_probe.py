@@ -71,6 +71,10 @@ def probe_tls(args):
     return out
 
 
+def text(body):
+    return body.decode() if isinstance(body, bytes) else body
+
+
 def run_op(conn, op):
     import amqp
 
@@ -80,15 +84,22 @@ def run_op(conn, op):
     ch = conn.channel()
     try:
         if kind == "publish":
-            ch.confirm_select()
+            # A refused publish closes the channel asynchronously; reading
+            # the connection for a while surfaces that close as the broker's
+            # error. (Publisher confirms would be neater, but py-amqp 5.1.1
+            # loses the error there: AttributeError on a closed channel.)
             ch.basic_publish(amqp.Message(parts[2] if len(parts) > 2 else "probe", delivery_mode=2),
                              exchange=parts[0], routing_key=parts[1])
+            try:
+                conn.drain_events(timeout=3)
+            except socket.timeout:
+                pass
         elif kind == "get":
             msg = ch.basic_get(queue=parts[0], no_ack=True)
-            res["body"] = msg.body.decode() if msg is not None else None
+            res["body"] = text(msg.body) if msg is not None else None
         elif kind == "consume":
             got = []
-            ch.basic_consume(queue=parts[0], callback=lambda m: got.append(m.body.decode()), no_ack=True)
+            ch.basic_consume(queue=parts[0], callback=lambda m: got.append(text(m.body)), no_ack=True)
             try:
                 conn.drain_events(timeout=5)
             except socket.timeout:
@@ -110,7 +121,8 @@ def run_op(conn, op):
         else:
             raise SystemExit(f"unknown operation {kind}")
         res["ok"] = True
-        ch.close()
+        if ch.is_open:
+            ch.close()
     except amqp.exceptions.AMQPError as exc:
         res.update(ok=False, code=getattr(exc, "reply_code", None), error=str(exc))
     return res
