@@ -231,3 +231,35 @@ def test_billing_round_trip_on_both_queues(client):
         (pub,) = op_results(amqp(client, "billing-producer", f"publish:{queue}:{queue}:{body}", vhost="/billing"))
         (got,) = op_results(amqp(client, "billing-worker", f"get:{queue}", vhost="/billing"))
         assert pub["ok"] and got["ok"] and got["body"] == body, (pub, got)
+
+
+# --- password rotation (community.rabbitmq#184 on Debian 12 / 3.10.8) -----
+
+def test_password_change_through_the_module_takes_effect(client):
+    """The role relies on rabbitmq_user(update_password=always) to rotate
+    passwords; prove on this broker that a rotation really changes the
+    password, with a throwaway user so the role's users stay untouched."""
+    broker = lab_host(BROKER)
+    user = "rotation-probe"
+    old, new = f"Old{uuid.uuid4().hex}", f"New{uuid.uuid4().hex}"
+
+    def ensure(password, state="present"):
+        args = {"user": user, "password": password, "update_password": "always", "node": "rabbit@localhost",
+                "permissions": [{"vhost": "/demo", "configure_priv": "^$", "write_priv": "^$", "read_priv": "^$"}],
+                "state": state}
+        return broker.ansible("community.rabbitmq.rabbitmq_user", json.dumps(args), check=False)
+
+    def login(password):
+        client.run(f"install -m 0600 /dev/null {PASSWORDS}/{user} && printf %s {shlex.quote(password)} > {PASSWORDS}/{user}")
+        return amqp(client, user)["connect"]
+
+    try:
+        assert ensure(old)["changed"]
+        assert login(old) == "ok"
+        assert ensure(new)["changed"], "rotation reported no change"
+        assert login(new) == "ok", "new password refused after rotation"
+        assert login(old) == "refused", "old password still accepted after rotation"
+        assert not ensure(new)["changed"], "unchanged password reported as changed"
+    finally:
+        ensure(new, state="absent")
+        client.run(f"rm -f {PASSWORDS}/{user}")
