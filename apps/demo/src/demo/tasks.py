@@ -18,8 +18,12 @@ def add(x: int, y: int) -> int:
 
 
 @app.task(name="demo.tasks.dangerous")
-def dangerous(marker: str) -> str:
-    """Append ``marker`` to :data:`DANGEROUS_PATH`: stands for any task with side effects."""
+def dangerous(marker: str, suffix: str = "") -> str:
+    """Append ``marker + suffix`` to :data:`DANGEROUS_PATH`: stands for any task with side effects.
+
+    It takes the same arguments as :func:`add` on purpose: a message for
+    ``add`` re-targeted to ``dangerous`` would run if nothing stopped it.
+    """
     with DANGEROUS_PATH.open("a", encoding="utf-8") as out:
-        out.write(f"{marker}\n")
+        out.write(f"{marker}{suffix}\n")
     return str(DANGEROUS_PATH)

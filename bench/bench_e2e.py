@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""End-to-end Celery throughput (tasks/s) for the kit's three transport modes.
+
+Not a test: a measurement. It starts one throwaway container (``kit-bench``,
+from the lab image; never one of the lab's hardened hosts) with its own
+RabbitMQ listening on loopback in plain AMQP (5672) and in mutual TLS (5671,
+a throwaway CA made inside the container), installs the wheelhouse into a
+venv there, and for each mode runs a real Celery worker (prefork, like the
+lab's) and a producer that sends N ``add`` tasks and waits for every result
+over ``rpc://``:
+
+* ``plain+json``  amqp://, json serializer (what Celery does by default, minus pickle)
+* ``tls+json``    amqps:// with client certificate, json
+* ``tls+kit``     amqps:// with client certificate, ``security_lib.harden()``
+                  (signed envelope, worker gate, replay cache, allowlist)
+
+Figures are printed with their ratio to ``plain+json``, from one run.
+
+    bench/bench_e2e.py [--tasks 1000] [--concurrency 2] [--keep]
+
+The wheelhouse comes from ``playbooks/wheelhouse.yml``
+(``~/.cache/celery-kit/wheelhouse`` or ``$CELERY_KIT_WHEELHOUSE``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+IMAGE = os.environ.get("KIT_LAB_IMAGE", "celery-kit/debian:bookworm")
+CONTAINER = "kit-bench"
+WHEELHOUSE = Path(os.environ.get("CELERY_KIT_WHEELHOUSE", Path.home() / ".cache/celery-kit/wheelhouse"))
+MODES = ("plain+json", "tls+json", "tls+kit")
+
+SETUP = r"""
+set -eu
+export DEBIAN_FRONTEND=noninteractive
+if ! command -v rabbitmq-server >/dev/null; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 0755 /usr/sbin/policy-rc.d
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends rabbitmq-server python3-venv openssl >/dev/null
+fi
+mkdir -p /bench/pki && cd /bench/pki
+if [ ! -f client.pem ]; then
+  umask 077
+  openssl req -x509 -newkey rsa:3072 -nodes -days 2 -subj /CN=bench-ca -keyout ca.key -out ca.pem 2>/dev/null
+  for n in server client signer; do
+    openssl req -newkey rsa:3072 -nodes -subj /CN=$n -keyout $n.key -out $n.csr 2>/dev/null
+  done
+  printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' > server.ext
+  printf 'extendedKeyUsage=clientAuth\n' > client.ext
+  printf 'keyUsage=critical,digitalSignature\nextendedKeyUsage=codeSigning\n' > signer.ext
+  for n in server client signer; do
+    openssl x509 -req -in $n.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 -extfile $n.ext -out $n.pem 2>/dev/null
+  done
+  mkdir -p store && cp signer.pem store/
+  chmod 0644 *.pem && chown rabbitmq server.key
+fi
+cat > /etc/rabbitmq/rabbitmq.conf <<'EOF'
+listeners.tcp.default = 127.0.0.1:5672
+listeners.ssl.default = 127.0.0.1:5671
+ssl_options.cacertfile = /bench/pki/ca.pem
+ssl_options.certfile = /bench/pki/server.pem
+ssl_options.keyfile = /bench/pki/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+ssl_options.versions.1 = tlsv1.3
+ssl_options.versions.2 = tlsv1.2
+loopback_users = none
+EOF
+if ! rabbitmqctl -q status >/dev/null 2>&1; then
+  (su rabbitmq -s /bin/sh -c 'rabbitmq-server' >/var/log/bench-rabbit.log 2>&1 &)
+  for i in $(seq 1 60); do rabbitmqctl -q await_startup >/dev/null 2>&1 && break; sleep 2; done
+fi
+rabbitmqctl -q add_user bench benchbenchbenchbench 2>/dev/null || true
+rabbitmqctl -q set_permissions -p / bench '.*' '.*' '.*'
+if [ ! -x /bench/venv/bin/celery ]; then
+  python3 -m venv /bench/venv
+  /bench/venv/bin/pip install -q --no-index --find-links /bench/wheelhouse celery celery-kit-security-lib
+fi
+"""
+
+# Runs inside the container: one worker per mode, one producer, rpc:// results.
+INNER = r'''
+import json, os, ssl, subprocess, sys, time
+from celery import Celery
+
+MODE = os.environ.get("BENCH_MODE", "")
+PKI = "/bench/pki"
+
+def make_app():
+    scheme, port = ("amqp", 5672) if MODE == "plain+json" else ("amqps", 5671)
+    app = Celery("benchapp", broker=f"{scheme}://bench:benchbenchbenchbench@localhost:{port}//", backend="rpc://")
+    app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
+                    result_accept_content=["json"], worker_prefetch_multiplier=4,
+                    broker_connection_retry_on_startup=True)
+    if MODE == "tls+json":
+        app.conf.broker_use_ssl = {"ca_certs": f"{PKI}/ca.pem", "certfile": f"{PKI}/client.pem",
+                                   "keyfile": f"{PKI}/client.key", "cert_reqs": ssl.CERT_REQUIRED,
+                                   "server_hostname": "localhost"}
+    if MODE == "tls+kit":
+        import security_lib
+        security_lib.harden(app, key=f"{PKI}/signer.key", cert=f"{PKI}/signer.pem", cert_store=f"{PKI}/store",
+                            broker_ca=f"{PKI}/ca.pem", broker_cert=f"{PKI}/client.pem",
+                            broker_key=f"{PKI}/client.key", broker_server_hostname="localhost",
+                            allowed_tasks={"signer": ["benchapp.*"]})
+    return app
+
+app = make_app()
+
+@app.task(name="benchapp.add")
+def add(x, y):
+    return x + y
+
+if __name__ == "__main__":
+    n, concurrency = int(sys.argv[1]), sys.argv[2]
+    env = dict(os.environ, PYTHONPATH="/bench")
+    worker = subprocess.Popen(
+        ["/bench/venv/bin/celery", "-A", "benchapp", "worker", "--pool=prefork", f"--concurrency={concurrency}",
+         "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"bench-{os.getpid()}@%h"],
+        env=env, cwd="/bench")
+    try:
+        subprocess.run(["rabbitmqctl", "-q", "purge_queue", "celery"], check=False, capture_output=True)
+        # Warm-up: the worker is up and connections are open.
+        add.delay(1, 1).get(timeout=120)
+        [r.get(timeout=120) for r in [add.delay(i, i) for i in range(50)]]
+        start = time.perf_counter()
+        results = [add.delay(i, i) for i in range(n)]
+        values = [r.get(timeout=600) for r in results]
+        elapsed = time.perf_counter() - start
+        assert values == [2 * i for i in range(n)]
+        print(json.dumps({"mode": MODE, "tasks": n, "seconds": elapsed, "tasks_per_s": n / elapsed}))
+    finally:
+        worker.terminate()
+        worker.wait(timeout=60)
+'''
+
+
+def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), check=check, text=True, **kw)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tasks", type=int, default=1000, help="tasks per mode (default 1000)")
+    parser.add_argument("--concurrency", type=int, default=2, help="worker processes (default 2, as in the lab)")
+    parser.add_argument("--keep", action="store_true", help="leave the kit-bench container running")
+    ns = parser.parse_args()
+    if not any(WHEELHOUSE.glob("celery_kit_security_lib-*.whl")):
+        sys.exit(f"no wheelhouse in {WHEELHOUSE}: run ansible-playbook playbooks/wheelhouse.yml first")
+
+    exists = sh("docker", "ps", "-a", "-q", "-f", f"name=^{CONTAINER}$", capture_output=True).stdout.strip()
+    if not exists:
+        sh("docker", "run", "-d", "--name", CONTAINER, "--label", "celery-kit=bench", "--tmpfs", "/tmp",
+           IMAGE, "sleep", "infinity", capture_output=True)
+    else:
+        sh("docker", "start", CONTAINER, capture_output=True)
+    try:
+        sh("docker", "exec", CONTAINER, "mkdir", "-p", "/bench/wheelhouse")
+        sh("docker", "cp", f"{WHEELHOUSE}/.", f"{CONTAINER}:/bench/wheelhouse/")
+        print("setting up the bench container (RabbitMQ, certificates, venv)...", file=sys.stderr)
+        sh("docker", "exec", "-i", CONTAINER, "sh", input=SETUP)
+        sh("docker", "exec", "-i", CONTAINER, "sh", "-c", "cat > /bench/benchapp.py", input=INNER)
+        cpus = sh("docker", "exec", CONTAINER, "nproc", capture_output=True).stdout.strip()
+        rows = []
+        for mode in MODES:
+            print(f"running {mode} ({ns.tasks} tasks)...", file=sys.stderr)
+            out = sh("docker", "exec", "-e", f"BENCH_MODE={mode}", "-e", "PYTHONPATH=/bench", "-w", "/bench",
+                     CONTAINER, "/bench/venv/bin/python", "/bench/benchapp.py", str(ns.tasks), str(ns.concurrency),
+                     capture_output=True)
+            line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+            if not line:
+                print(out.stdout, out.stderr, file=sys.stderr)
+                return 1
+            rows.append(json.loads(line[-1]))
+    finally:
+        if not ns.keep:
+            sh("docker", "rm", "-f", CONTAINER, capture_output=True, check=False)
+
+    base = rows[0]["tasks_per_s"]
+    print(f"\nEnd-to-end Celery throughput, {ns.tasks} tasks/mode, prefork x{ns.concurrency}, "
+          f"rpc:// results, broker and worker on loopback in one container ({cpus} CPUs seen)")
+    print(f"{'mode':<12} {'tasks/s':>10} {'ratio':>8}")
+    for row in rows:
+        print(f"{row['mode']:<12} {row['tasks_per_s']:>10.1f} {row['tasks_per_s'] / base:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
