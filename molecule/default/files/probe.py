@@ -68,11 +68,14 @@ def tls(host: str, port: int, cert: str | None, key: str | None, max_version: st
 def amqp_op(ns: argparse.Namespace, password: str) -> int:
     import amqp
 
-    ctx = ssl.create_default_context(cafile=ns.ca)
-    ctx.load_cert_chain(ns.cert, ns.key)
+    # The same TLS options Celery passes (broker_use_ssl).
+    tls_options = {
+        "ca_certs": ns.ca, "certfile": ns.cert, "keyfile": ns.key,
+        "cert_reqs": ssl.CERT_REQUIRED, "server_hostname": ns.host,
+    }
     conn = amqp.Connection(
         host=f"{ns.host}:{ns.port}", userid=ns.user, password=password,
-        virtual_host=ns.vhost, ssl=ctx, connect_timeout=5,
+        virtual_host=ns.vhost, ssl=tls_options, connect_timeout=5,
         # Publisher confirms: a refused publish raises instead of passing silently.
         confirm_publish=True,
     )
