@@ -48,8 +48,9 @@ def test_preflight_refuses_bad_input_and_changes_nothing(case, tmp_path):
     variables = {"rabbitmq_apps": [GOOD_APP], "rabbitmq_passwords": GOOD_PASSWORDS, **extra}
     vars_file = tmp_path / "vars.json"
     vars_file.write_text(json.dumps(variables))
+    # molecule exports ANSIBLE_FORCE_COLOR; colour codes would split the recap.
     env = dict(os.environ, ANSIBLE_ROLES_PATH=str(REPO / "roles"), ANSIBLE_NOCOLOR="1",
-               ANSIBLE_STDOUT_CALLBACK="default")
+               ANSIBLE_FORCE_COLOR="0", ANSIBLE_STDOUT_CALLBACK="default")
     cfg = pathlib.Path(os.environ.get("MOLECULE_EPHEMERAL_DIRECTORY", "/nonexistent")) / "ansible.cfg"
     if cfg.exists():
         env["ANSIBLE_CONFIG"] = str(cfg)
@@ -57,7 +58,7 @@ def test_preflight_refuses_bad_input_and_changes_nothing(case, tmp_path):
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], "--limit", "rmq-broker",
          "-e", f"@{vars_file}", str(REPO / "playbooks" / "broker.yml")],
         capture_output=True, text=True, env=env, timeout=600, check=False)
-    out = run.stdout + run.stderr
+    out = re.sub(r"\x1b\[[0-9;]*m", "", run.stdout + run.stderr)
     assert run.returncode != 0, out
     messages = (message,) if isinstance(message, str) else message
     flat = re.sub(r"\s+", " ", out)
