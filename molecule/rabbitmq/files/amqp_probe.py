@@ -16,6 +16,8 @@ import socket
 import ssl
 import sys
 
+import amqp
+
 VERSIONS = {
     "tls1.0": ssl.TLSVersion.TLSv1,
     "tls1.1": ssl.TLSVersion.TLSv1_1,
@@ -75,9 +77,7 @@ def text(body):
     return body.decode() if isinstance(body, bytes) else body
 
 
-def run_op(conn, op):
-    import amqp
-
+def run_op(conn, op):  # noqa: PLR0912 - one flat branch per probe operation reads best
     kind, _, rest = op.partition(":")
     parts = rest.split(":") if rest else []
     res = {"op": op}
@@ -92,7 +92,7 @@ def run_op(conn, op):
                              exchange=parts[0], routing_key=parts[1])
             try:
                 conn.drain_events(timeout=3)
-            except socket.timeout:
+            except TimeoutError:
                 pass
         elif kind == "get":
             msg = ch.basic_get(queue=parts[0], no_ack=True)
@@ -102,7 +102,7 @@ def run_op(conn, op):
             ch.basic_consume(queue=parts[0], callback=lambda m: got.append(text(m.body)), no_ack=True)
             try:
                 conn.drain_events(timeout=5)
-            except socket.timeout:
+            except TimeoutError:
                 pass
             res["body"] = got[0] if got else None
         elif kind == "declare":
@@ -129,8 +129,6 @@ def run_op(conn, op):
 
 
 def probe_amqp(args):
-    import amqp
-
     out = {"user": args.user, "vhost": args.vhost}
     sslopts = {"cert_reqs": ssl.CERT_REQUIRED, "ca_certs": args.ca, "server_hostname": args.host}
     if args.cert:
@@ -143,7 +141,8 @@ def probe_amqp(args):
     try:
         conn.connect()
     except (amqp.exceptions.AMQPError, OSError) as exc:
-        out.update(connect="refused", code=getattr(exc, "reply_code", None), error=f"{type(exc).__name__}: {exc}")
+        out.update(connect="refused", code=getattr(exc, "reply_code", None),
+                   error=f"{type(exc).__name__}: {exc}")
         return out
     out["connect"] = "ok"
     out["ops"] = [run_op(conn, op) for op in args.ops]

@@ -46,9 +46,9 @@ def tls(host, *extra, port=5671):
     return probe(host, "tls", "--host", BROKER, "--port", port, *extra)
 
 
-def amqp(host, user, *ops, vhost="/demo", password_user=None):
+def amqp(host, user, *ops, vhost="/demo", credentials_of=None):
     return probe(host, "amqp", "--host", BROKER, "--ca", CA, "--cert", CERT, "--key", KEY,
-                 "--user", user, "--password-file", f"{PASSWORDS}/{password_user or user}",
+                 "--user", user, "--password-file", f"{PASSWORDS}/{credentials_of or user}",
                  "--vhost", vhost, *ops)
 
 
@@ -110,7 +110,8 @@ def test_old_tls_versions_are_refused_by_the_broker(client, version):
     assert "NO_PROTOCOLS_AVAILABLE" not in result["error"]
 
 
-@pytest.mark.parametrize("cipher", ["AES128-SHA", "AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA", "DHE-RSA-AES128-GCM-SHA256"])
+@pytest.mark.parametrize("cipher", ["AES128-SHA", "AES256-GCM-SHA384", "ECDHE-RSA-AES128-SHA",
+                                    "DHE-RSA-AES128-GCM-SHA256"])
 def test_weak_or_non_forward_secret_ciphers_are_refused(client, cipher):
     result = tls(client, "--ca", CA, "--cert", CERT, "--key", KEY, "--ciphers", cipher)
     assert result["result"] == "refused" and result["stage"] == "tls", result
@@ -124,13 +125,13 @@ def test_strong_tls12_cipher_is_accepted(client):
 # --- authentication -------------------------------------------------------
 
 def test_guest_cannot_log_in(client):
-    result = amqp(client, "guest", vhost="/demo", password_user="guest")
+    result = amqp(client, "guest", vhost="/demo", credentials_of="guest")
     assert result["connect"] == "refused", result
     assert result["code"] == ACCESS_REFUSED or "ACCESS_REFUSED" in result["error"], result
 
 
 def test_wrong_password_is_refused(client):
-    result = amqp(client, "demo-worker", password_user="demo-producer")
+    result = amqp(client, "demo-worker", credentials_of="demo-producer")
     assert result["connect"] == "refused", result
 
 
@@ -228,7 +229,8 @@ def test_billing_worker_may_send_events_only_to_celeryev(client):
 def test_billing_round_trip_on_both_queues(client):
     for queue in ("billing", "billing.priority"):
         body = f"{queue}-{uuid.uuid4()}"
-        (pub,) = op_results(amqp(client, "billing-producer", f"publish:{queue}:{queue}:{body}", vhost="/billing"))
+        (pub,) = op_results(amqp(client, "billing-producer", f"publish:{queue}:{queue}:{body}",
+                                 vhost="/billing"))
         (got,) = op_results(amqp(client, "billing-worker", f"get:{queue}", vhost="/billing"))
         assert pub["ok"] and got["ok"] and got["body"] == body, (pub, got)
 
@@ -245,12 +247,14 @@ def test_password_change_through_the_module_takes_effect(client):
 
     def ensure(password, state="present"):
         args = {"user": user, "password": password, "update_password": "always", "node": "rabbit@localhost",
-                "permissions": [{"vhost": "/demo", "configure_priv": "^$", "write_priv": "^$", "read_priv": "^$"}],
+                "permissions": [{"vhost": "/demo", "configure_priv": "^$", "write_priv": "^$",
+                                 "read_priv": "^$"}],
                 "state": state}
         return broker.ansible("community.rabbitmq.rabbitmq_user", json.dumps(args), check=False)
 
     def login(password):
-        client.run(f"install -m 0600 /dev/null {PASSWORDS}/{user} && printf %s {shlex.quote(password)} > {PASSWORDS}/{user}")
+        path = f"{PASSWORDS}/{user}"
+        client.run(f"install -m 0600 /dev/null {path} && printf %s {shlex.quote(password)} > {path}")
         return amqp(client, user)["connect"]
 
     try:

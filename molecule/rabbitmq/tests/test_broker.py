@@ -114,8 +114,10 @@ def test_no_plugin_enabled_by_default(host):
 
 @pytest.mark.parametrize("vhost", sorted(APPS))
 def test_app_queues_are_durable_and_bound(host, vhost):
-    queues = {q["name"]: q for q in ctl_json(host, "list_queues", "-p", vhost, "name", "durable", "auto_delete")}
-    exchanges = {e["name"]: e for e in ctl_json(host, "list_exchanges", "-p", vhost, "name", "type", "durable")}
+    queues = {q["name"]: q
+              for q in ctl_json(host, "list_queues", "-p", vhost, "name", "durable", "auto_delete")}
+    exchanges = {e["name"]: e
+                 for e in ctl_json(host, "list_exchanges", "-p", vhost, "name", "type", "durable")}
     bindings = ctl_json(host, "list_bindings", "-p", vhost, "source_name", "destination_name", "routing_key")
     for name in APPS[vhost]["queues"]:
         assert queues[name]["durable"] is True and queues[name]["auto_delete"] is False
