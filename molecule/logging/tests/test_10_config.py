@@ -55,6 +55,7 @@ def test_the_server_keeps_its_own_logs_locally_and_forwards_nowhere():
     assert "target=" not in conf
     client_conf = lab(CLIENT).file("/etc/rsyslog.conf").content_string
     assert 'target="logging-server"' in client_conf
+    assert 'windowSize="16"' in client_conf
     assert 'queue.saveOnShutdown="on"' in client_conf and 'action.resumeRetryCount="-1"' in client_conf
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import tempfile
 import time
 
 import pytest
@@ -28,7 +31,7 @@ def rogue_pki():
     lab(CLIENT).run(f"rm -rf {ROGUE}")
 
 
-def _second_rsyslog(name: str, cert: str, key: str) -> str:
+def _second_rsyslog(name: str, cert: str, key: str, peer: str = SERVER) -> str:
     """Start a separate rsyslogd on the client that forwards to the server with CERT; return its socket."""
     work = f"{ROGUE}/{name}"
     conf = f"""global(workDirectory="{work}")
@@ -36,7 +39,7 @@ module(load="imuxsock" SysSock.Use="off")
 input(type="imuxsock" socket="{work}/log.sock")
 module(load="omrelp" tls.tlslib="openssl")
 action(type="omrelp" target="{SERVER}" port="6514" tls="on" tls.cacert="{CA}"
-  tls.mycert="{cert}" tls.myprivkey="{key}" tls.authMode="name" tls.permittedPeer=["{SERVER}"]
+  tls.mycert="{cert}" tls.myprivkey="{key}" tls.authMode="name" tls.permittedPeer=["{peer}"]
   tls.tlsCfgCmd="MinProtocol=TLSv1.2" action.resumeRetryCount="-1" action.resumeInterval="2")
 """
     host = lab(CLIENT)
@@ -118,3 +121,53 @@ def test_plain_senders_cannot_write(how):
     text = marker("plain-sender-")
     lab(CLIENT).run(how.format(server=SERVER) + f" -t plain '{text}'")
     assert not found_on_server(text, timeout=10, path="/var/log")
+
+
+# The lab CA made by the pki role on the controller (molecule.yml: pki_deployment molecule-logging).
+KIT_CA_DIR = os.path.expanduser("~/.local/share/celery-kit/molecule-logging/ca")
+
+
+@pytest.fixture(scope="module")
+def kit_cert_with_an_unlisted_name(rogue_pki):
+    """A certificate of the kit's own CA whose name is not a managed host: chain valid, name refused."""
+    host = lab(CLIENT)
+    csr = host.check_output(
+        f"openssl req -new -newkey rsa:2048 -nodes -keyout {ROGUE}/intruder.key -subj '/CN=intruder' 2>/dev/null")
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(os.path.join(tmp, "req.csr"), "w", encoding="ascii") as handle:
+            handle.write(csr + "\n")
+        with open(os.path.join(tmp, "ext.cnf"), "w", encoding="ascii") as handle:
+            handle.write("subjectAltName=DNS:intruder\nextendedKeyUsage=serverAuth,clientAuth\n")
+        subprocess.run(["openssl", "x509", "-req", "-in", "req.csr", "-CA", os.path.join(KIT_CA_DIR, "ca.pem"),
+                        "-CAkey", os.path.join(KIT_CA_DIR, "ca.key"), "-set_serial", "4242", "-days", "1",
+                        "-extfile", "ext.cnf", "-out", "cert.pem"], cwd=tmp, check=True, capture_output=True)
+        with open(os.path.join(tmp, "cert.pem"), encoding="ascii") as handle:
+            pem = handle.read()
+    host.check_output(f"cat > {ROGUE}/intruder.pem <<'EOF'\n{pem}EOF")
+    host.check_output(f"openssl verify -CAfile {CA} {ROGUE}/intruder.pem")
+    return f"{ROGUE}/intruder.pem", f"{ROGUE}/intruder.key"
+
+
+def test_a_kit_certificate_with_a_name_not_permitted_cannot_write(kit_cert_with_an_unlisted_name):
+    cert, key = kit_cert_with_an_unlisted_name
+    sock = _second_rsyslog("intruder", cert, key)
+    text = marker("intruder-sender-")
+    try:
+        lab(CLIENT).check_output(f"logger -u {sock} -t intruder '{text}'")
+        assert not found_on_server(text, timeout=20, path="/var/log")
+    finally:
+        _stop_second_rsyslog("intruder")
+    # Refused for its name, after the chain checked out (rsyslog's spelling).
+    journal = lab(SERVER).check_output("journalctl -u rsyslog --since '-3min' --no-pager -o cat")
+    assert "no permited name found', peer is 'DNSname: intruder" in journal, journal
+
+
+def test_a_client_refuses_a_server_whose_certificate_names_another_host(rogue_pki):
+    """The client side of the name check: the real server's cert does not name 'not-the-log-server'."""
+    sock = _second_rsyslog("wrongpeer", CERT, KEY, peer="not-the-log-server")
+    text = marker("wrong-peer-")
+    try:
+        lab(CLIENT).check_output(f"logger -u {sock} -t wrongpeer '{text}'")
+        assert not found_on_server(text, timeout=20, path="/var/log")
+    finally:
+        _stop_second_rsyslog("wrongpeer")
