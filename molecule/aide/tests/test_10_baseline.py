@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import hashlib
 
-from conftest import (CONFIG, CONTROLLER_DB, DB, KEY, MODULE, RECORD, TAG, UNIT, controller_record, in_auth_log, lab,
-                      run_scheduled_check, sha256)
+from conftest import (
+    CONFIG,
+    CONTROLLER_DB,
+    DB,
+    KEY,
+    MODULE,
+    RECORD,
+    TAG,
+    UNIT,
+    controller_record,
+    in_auth_log,
+    lab,
+    run_scheduled_check,
+    sha256,
+)
 
 
 def test_aide_comes_from_debian_without_debian_daily_job():

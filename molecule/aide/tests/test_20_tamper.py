@@ -4,8 +4,20 @@ from __future__ import annotations
 
 import json
 
-from conftest import (said, CERT, DB, MODULE, controller_record, converge, in_auth_log, lab, playbook,
-                      run_scheduled_check, sha256, unchanged)
+from conftest import (
+    CERT,
+    DB,
+    MODULE,
+    controller_record,
+    converge,
+    in_auth_log,
+    lab,
+    playbook,
+    run_scheduled_check,
+    said,
+    sha256,
+    unchanged,
+)
 
 NEW_MODULE = json.dumps({"kit_change_content": 'broker_url = "amqps://kit-broker:5671//v2"\n'})
 
@@ -40,7 +52,8 @@ def test_converge_that_changes_a_protected_file_rebuilds_the_baseline():
     assert after != before
     assert controller_record() == after
     # The rebuild leaves an audit trail of what it accepted and why.
-    assert in_auth_log(f"AIDE check: changed=1 added=0 removed=0 exit=4 context=accepted-by-kit-run files: {MODULE}")
+    assert in_auth_log(
+        f"AIDE check: changed=1 added=0 removed=0 exit=4 context=accepted-by-kit-run files: {MODULE}")
     assert in_auth_log("AIDE baseline rebuilt by celery-kit: sha256=" + after)
     assert run_scheduled_check().summary["changed"] == 0
 
@@ -73,7 +86,7 @@ def test_added_binary_removed_file_and_loosened_directory_are_reported():
     # Legitimate churn below an exclusion is not reported.
     host.check_output("mkdir -p /opt/celery-kit/var && date > /opt/celery-kit/var/state")
     report = run_scheduled_check()
-    # 1 added + 2 removed + 4 changed.
+    # AIDE sums its exit bits: 1 added + 2 removed + 4 changed.
     assert report.exit == 7, report.lines
     summary = report.summary
     assert summary["files"] == sorted(
@@ -85,7 +98,8 @@ def test_added_binary_removed_file_and_loosened_directory_are_reported():
 def test_operator_accepts_the_current_files_explicitly():
     host = lab()
     host.check_output("rm /usr/local/bin/evil && chmod 0700 /etc/ssl/private"
-                      " && echo '# stand-in for the log_forwarding role' > /etc/rsyslog.d/60-celery-kit-forward.conf")
+                      " && echo '# stand-in for the log_forwarding role'"
+                      " > /etc/rsyslog.d/60-celery-kit-forward.conf")
     before = sha256(DB)
     proc = converge("-e", "aide_update_baseline=true")
     assert proc.returncode == 0

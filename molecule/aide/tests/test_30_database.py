@@ -2,8 +2,19 @@
 
 from __future__ import annotations
 
-from conftest import (said, DB, EXIT_BASELINE, MODULE, RECORD, controller_record, converge, in_auth_log, lab,
-                      run_scheduled_check, sha256)
+from conftest import (
+    DB,
+    EXIT_BASELINE,
+    MODULE,
+    RECORD,
+    controller_record,
+    converge,
+    in_auth_log,
+    lab,
+    run_scheduled_check,
+    said,
+    sha256,
+)
 
 
 def test_database_cannot_be_written_while_immutable():

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import said, CONFIG, DB, converge, lab, sha256
+from conftest import CONFIG, DB, converge, lab, said, sha256
 
 
 @pytest.mark.parametrize(
