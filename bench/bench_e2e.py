@@ -71,8 +71,8 @@ ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = true
 ssl_options.versions.1 = tlsv1.3
 ssl_options.versions.2 = tlsv1.2
-loopback_users = none
 EOF
+chmod 0644 /etc/rabbitmq/rabbitmq.conf
 if ! rabbitmqctl -q status >/dev/null 2>&1; then
   (su rabbitmq -s /bin/sh -c 'rabbitmq-server' >/var/log/bench-rabbit.log 2>&1 &)
   for i in $(seq 1 60); do rabbitmqctl -q await_startup >/dev/null 2>&1 && break; sleep 2; done
