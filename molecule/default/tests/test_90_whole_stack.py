@@ -1,0 +1,110 @@
+"""The other defences around the app, checked in the converged full stack.
+
+Runs after the attack tests (file order): the rejected messages they caused
+must have reached the log server; the firewall must refuse the outsider; AIDE
+must see a clean baseline and catch tampering with the config module.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from conftest import REJECTED, get_host
+
+MANAGED = ["kit-logserver", "kit-broker", "kit-worker", "kit-client"]
+REMOTE_LOGS = "/var/log/remote"
+
+
+@pytest.fixture(scope="module")
+def logserver():
+    return get_host("kit-logserver")
+
+
+@pytest.fixture(scope="module")
+def outsider():
+    return get_host("kit-outsider")
+
+
+def _wait_for_remote_line(logserver, pattern: str, timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = logserver.run(f"grep -rhF -- {pattern!r} {REMOTE_LOGS}")
+        if found.rc == 0 or time.monotonic() > deadline:
+            return found.stdout
+        time.sleep(2)
+
+
+def test_worker_rejections_reach_the_log_server(logserver):
+    lines = _wait_for_remote_line(logserver, REJECTED)
+    assert REJECTED in lines
+    assert "reason=" in lines
+
+
+def test_every_managed_host_logs_to_the_log_server(logserver):
+    marker = f"kit-stack-marker-{time.time_ns()}"
+    for name in MANAGED:
+        get_host(name).check_output(f"logger -t kit-stack-test {marker}-{name}")
+    for name in MANAGED:
+        assert f"{marker}-{name}" in _wait_for_remote_line(logserver, f"{marker}-{name}")
+
+
+def test_log_server_files_are_not_world_readable(logserver):
+    listing = logserver.check_output(f"find {REMOTE_LOGS} -type f -perm /o+r")
+    assert listing == ""
+
+
+def test_outsider_cannot_reach_the_broker_or_the_log_server(outsider):
+    for target, port in [("kit-broker", 5671), ("kit-broker", 4369), ("kit-broker", 25672),
+                         ("kit-logserver", 6514)]:
+        probe = outsider.run(
+            f"timeout 5 python3 -c \"import socket; socket.create_connection(('{target}', {port}), 3)\""
+        )
+        assert probe.rc != 0, f"outsider reached {target}:{port}"
+
+
+def test_worker_egress_is_limited_and_drops_are_counted(outsider):
+    worker = get_host("kit-worker")
+    outsider.check_output(
+        "systemd-run --unit kit-stack-http --collect python3 -m http.server 8080 --bind 0.0.0.0"
+    )
+    try:
+        before = worker.check_output("nft list counter inet celery_kit_fw worker_egress_dropped")
+        probe = worker.run(
+            "timeout 5 python3 -c \"import socket; socket.create_connection(('kit-outsider', 8080), 3)\""
+        )
+        assert probe.rc != 0, "the worker reached a host outside its egress allowlist"
+        after = worker.check_output("nft list counter inet celery_kit_fw worker_egress_dropped")
+        assert after != before
+        # The broker stays reachable from the worker.
+        worker.check_output(
+            "timeout 5 python3 -c \"import socket; socket.create_connection(('kit-broker', 5671), 3)\""
+        )
+    finally:
+        outsider.run("systemctl stop kit-stack-http")
+
+
+@pytest.mark.parametrize("name", MANAGED)
+def test_firewall_and_aide_report_a_clean_host(name):
+    host = get_host(name)
+    assert host.run("/usr/local/sbin/celery-kit-fw-status").rc == 0
+    check = host.run("systemctl start celery-kit-aide-check.service")
+    assert check.rc == 0, host.check_output("journalctl -u celery-kit-aide-check -n 20 --no-pager")
+
+
+def test_aide_catches_a_changed_config_module_and_tells_the_log_server(logserver):
+    worker = get_host("kit-worker")
+    module = "/etc/celery-kit/celery_kit_config.py"
+    original = worker.check_output(f"base64 -w0 {module}")
+    worker.check_output(f"echo '# tampered' >> {module}")
+    try:
+        check = worker.run("systemctl start celery-kit-aide-check.service")
+        assert check.rc != 0
+        journal = worker.check_output("journalctl -t celery-kit-aide -n 20 --no-pager")
+        assert module in journal
+        assert module in _wait_for_remote_line(logserver, module)
+    finally:
+        # The content is restored; AIDE still reports the new times until an
+        # operator accepts them (aide_update_baseline=true), as it should.
+        worker.check_output(f"echo {original} | base64 -d > {module}")
+        worker.run("systemctl reset-failed celery-kit-aide-check.service")
