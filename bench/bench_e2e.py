@@ -29,7 +29,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 IMAGE = os.environ.get("KIT_LAB_IMAGE", "celery-kit/debian:bookworm")
@@ -173,7 +172,7 @@ def main() -> int:
             out = sh("docker", "exec", "-e", f"BENCH_MODE={mode}", "-e", "PYTHONPATH=/bench", "-w", "/bench",
                      CONTAINER, "/bench/venv/bin/python", "/bench/benchapp.py", str(ns.tasks), str(ns.concurrency),
                      capture_output=True)
-            line = [l for l in out.stdout.splitlines() if l.startswith("{")]
+            line = [row for row in out.stdout.splitlines() if row.startswith("{")]
             if not line:
                 print(out.stdout, out.stderr, file=sys.stderr)
                 return 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from conftest import CONFIG, DB, converge, lab, said, sha256
 
 

@@ -117,7 +117,7 @@ def _foreign_identity(directory: Path, common_name: str) -> tuple[Path, Path]:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=3072)
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
@@ -146,9 +146,8 @@ def _foreign_identity(directory: Path, common_name: str) -> tuple[Path, Path]:
 
 def foreign(task: str, args: list[Any]) -> dict[str, Any]:
     """Sign with an untrusted key that claims the producer's CN, through a kit-hardened app."""
-    from celery import Celery
-
     import celery_kit_config
+    from celery import Celery
 
     with tempfile.TemporaryDirectory() as tmp:
         key, cert = _foreign_identity(Path(tmp), "signer-demo-producer")

@@ -81,7 +81,7 @@ def test_venv_is_root_owned_and_not_writable_by_the_app(app_host):
     _, host = app_host
     venv = f"/opt/celery-kit/{APP}/venv"
     assert host.file(venv).user == "root"
-    foreign = host.check_output(f"find /opt/celery-kit ! -user root -print -quit")
+    foreign = host.check_output("find /opt/celery-kit ! -user root -print -quit")
     assert foreign == ""
     writable = host.run(f"runuser -u celery -- find {venv} -writable -print -quit")
     assert writable.stdout.strip() == ""

@@ -6,7 +6,7 @@ import uuid
 
 from conftest import DANGEROUS_FILE, as_app_user, dangerous_markers, json_line
 
-SEND = f"/opt/celery-kit/demo/venv/bin/demo-send"
+SEND = "/opt/celery-kit/demo/venv/bin/demo-send"
 
 
 def send(client, *args: str):

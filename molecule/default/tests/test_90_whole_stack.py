@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 
 import pytest
+
 from conftest import REJECTED, get_host
 
 MANAGED = ["kit-logserver", "kit-broker", "kit-worker", "kit-client"]

@@ -8,6 +8,7 @@ import re
 import subprocess
 
 import pytest
+
 from conftest import lab
 
 PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.getcwd())

@@ -20,7 +20,7 @@ REMOTE_FILES = "/var/log/remote/*/syslog.log"
 FIGURES: dict[str, dict[str, int]] = {}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def lab(name: str):
     inventory = os.environ["MOLECULE_INVENTORY_FILE"]
     return testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")

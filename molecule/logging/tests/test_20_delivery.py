@@ -6,8 +6,18 @@ import time
 
 import pytest
 
-from conftest import (CLIENT, FIGURES, SERVER, found_on_server, lab, marker, received_numbers, record, send_numbered,
-                      wait_for_numbers)
+from conftest import (
+    CLIENT,
+    FIGURES,
+    SERVER,
+    found_on_server,
+    lab,
+    marker,
+    received_numbers,
+    record,
+    send_numbered,
+    wait_for_numbers,
+)
 
 BURST = 10_000
 OUTAGE = 3_000

@@ -9,9 +9,8 @@ not start. There is deliberately no fallback to an unhardened app.
 
 from __future__ import annotations
 
-from celery import Celery
-
 import celery_kit_config
+from celery import Celery
 
 app = Celery("demo", include=["demo.tasks"])
 celery_kit_config.harden_app(app)
