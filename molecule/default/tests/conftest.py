@@ -19,6 +19,7 @@ TOOLS = "/usr/local/lib/celery-kit-lab"
 BROKER = "kit-broker"
 DANGEROUS_FILE = "/var/lib/celery-kit/dangerous-ran"
 REJECTED = "security_lib rejected message:"
+MANAGED = ["kit-logserver", "kit-broker", "kit-worker", "kit-client"]
 
 
 def get_host(name: str) -> testinfra.host.Host:
@@ -39,6 +40,22 @@ def client() -> testinfra.host.Host:
 @pytest.fixture(scope="session")
 def broker() -> testinfra.host.Host:
     return get_host(BROKER)
+
+
+@pytest.fixture(scope="session")
+def logserver() -> testinfra.host.Host:
+    return get_host("kit-logserver")
+
+
+@pytest.fixture(scope="session")
+def outsider() -> testinfra.host.Host:
+    return get_host("kit-outsider")
+
+
+def can_connect(host: testinfra.host.Host, target: str, port: int) -> bool:
+    """Whether a plain TCP connection from host to target:port succeeds within 3 s."""
+    probe = f"import socket; socket.create_connection(({target!r}, {port}), 3)"
+    return host.run(f"timeout 5 python3 -c {shlex.quote(probe)}").rc == 0
 
 
 def as_app_user(host: testinfra.host.Host, *argv: str, stdin: str | None = None) -> Any:

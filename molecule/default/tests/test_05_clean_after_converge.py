@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import get_host
-
-MANAGED = ["kit-logserver", "kit-broker", "kit-worker", "kit-client"]
+from conftest import MANAGED, get_host
 
 
 @pytest.mark.parametrize("name", MANAGED)
