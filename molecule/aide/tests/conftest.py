@@ -27,7 +27,7 @@ SCENARIO = os.environ["MOLECULE_SCENARIO_DIRECTORY"]
 PROJECT = os.environ.get("MOLECULE_PROJECT_DIRECTORY", os.path.dirname(os.path.dirname(SCENARIO)))
 CONTROLLER_DIR = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "aide-controller")
 CONTROLLER_RECORD = os.path.join(CONTROLLER_DIR, f"{HOST}.sha256")
-CONTROLLER_DB = os.path.join(CONTROLLER_DIR, f"{HOST}.db")
+CONTROLLER_DB = os.path.join(CONTROLLER_DIR, HOST, "celery-kit.db")
 SUMMARY = re.compile(
     r"AIDE check: changed=(\d+) added=(\d+) removed=(\d+) exit=(\d+) context=(\S+)(?: files: (.*))?$")
 
