@@ -187,6 +187,13 @@ class Verdict:
     message: str
 
 
+# A failed loop (e.g. an assert per list entry) says only "One or more items
+# failed"; the entries' own messages are what the operator reads.
+_FAILURE_TEXT = (
+    "{{ ([ansible_failed_result.msg | default('') | string]"
+    " + (ansible_failed_result.results | default([]) | selectattr('failed', 'defined') | selectattr('failed')"
+    " | map(attribute='msg', default='') | map('string') | list)) | join(' | ') }}"
+)
 _VERDICT = re.compile(r"^KIT-CASE (\S+) (accepted|refused)(?:: )?(.*)$", re.DOTALL)
 
 
@@ -228,7 +235,7 @@ def run_preflight_cases(cases: Iterable[Case], gather: Mapping[str, str] | None 
                 ],
                 "rescue": [
                     {"name": "Report refusal", "ansible.builtin.debug": {
-                        "msg": f"KIT-CASE {case.name} refused: {{{{ ansible_failed_result.msg | default('') | string }}}}"}},
+                        "msg": f"KIT-CASE {case.name} refused: {_FAILURE_TEXT}"}},
                 ],
             }],
         })
