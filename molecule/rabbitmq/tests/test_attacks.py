@@ -8,7 +8,7 @@ import shlex
 import uuid
 
 import pytest
-import testinfra
+from kit_testlib import lab
 
 testinfra_hosts = ["rmq-client"]
 
@@ -23,7 +23,8 @@ NOT_ALLOWED = 530
 
 
 def lab_host(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+    # docker exec: many times faster than one Ansible call per probe.
+    return lab(name)
 
 
 @pytest.fixture(scope="module")
