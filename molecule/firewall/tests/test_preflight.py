@@ -52,6 +52,8 @@ CASES = [
           "firewall_worker_extra_egress[0] needs address"),
     _case("bad-port", {"firewall_syslog_tls_port": 0}, "ports must be integers in 1-65535"),
     _case("ssh-lockout", {"firewall_admin_networks": []}, "SSH would be dropped from everywhere"),
+    _case("bad-check-schedule", {"firewall_check_on_calendar": "every tuesday-ish"},
+          "is not a systemd calendar expression"),
 ]
 
 
