@@ -27,7 +27,7 @@ import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # Ansible's log file holds the callbacks' output unwrapped, after this prefix.
-LOG_PREFIX = re.compile(r"^\S+ \S+ p=\d+ u=\S+ n=\S+ \| ?")
+LOG_PREFIX = re.compile(r"^\S+ \S+ p=\d+ u=\S+ n=\S+(?: \w+)?\| ?")
 PROFILE_LINE = re.compile(r"^(?P<name>.+?)\s-{3,}\s+(?P<secs>\d+\.\d+)s\s*$")
 
 
@@ -64,7 +64,7 @@ def profile(log: pathlib.Path) -> tuple[dict[str, float], dict[str, float]]:
             section = None
         elif section is not None:
             match = PROFILE_LINE.match(line.strip())
-            if match:
+            if match and match["name"].strip() != "total":
                 name = match["name"].strip()
                 section[name] = section.get(name, 0.0) + float(match["secs"])
     return roles, tasks
