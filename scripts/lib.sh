@@ -18,11 +18,12 @@ kit_need_root() {
 }
 
 # Debian packages the controller needs: Docker's engine, debootstrap for the
-# base image, venv for the pinned Python tools, openssl for the tests.
+# base image, venv for the pinned Python tools, openssl for the tests
+# and shellcheck for scripts/lint.
 kit_ensure_apt() {
   local missing=()
   for cmd_pkg in dockerd:docker.io debootstrap:debootstrap openssl:openssl \
-                 rsync:rsync; do
+                 rsync:rsync shellcheck:shellcheck; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || missing+=("${cmd_pkg#*:}")
   done
   python3 -c 'import ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
+import pathlib
 import re
-import subprocess
-import time
+import sys
 import uuid
 
-import testinfra
+# The kit's shared test helpers (molecule/shared/kit_testlib.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+import kit_testlib  # noqa: E402
+from kit_testlib import PlaybookRun, quote, wait_for  # noqa: E402  (re-exported for the tests)
 
 HOST = "aide-worker"
 CONFIG = "/etc/aide/celery-kit.conf"
@@ -32,10 +34,8 @@ SUMMARY = re.compile(
     r"AIDE check: changed=(\d+) added=(\d+) removed=(\d+) exit=(\d+) context=(\S+)(?: files: (.*))?$")
 
 
-@functools.cache
 def lab(name: str = HOST):
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
+    return kit_testlib.lab(name)
 
 
 @dataclasses.dataclass
@@ -75,27 +75,13 @@ def run_scheduled_check() -> Report:
     host.run(f"systemctl reset-failed {UNIT}")
     host.run(f"systemctl start {UNIT}")
     status = int(host.check_output(f"systemctl show -P ExecMainStatus {UNIT}"))
-    lines: list[str] = []
-    for _ in range(20):
-        lines = journal_tail_after(marker)
-        if any(SUMMARY.search(line) or "FAILED" in line for line in lines):
-            break
-        time.sleep(0.5)
-    return Report(status, lines)
+    wait_for(lambda: any(SUMMARY.search(line) or "FAILED" in line for line in journal_tail_after(marker)), 10, 0.5)
+    return Report(status, journal_tail_after(marker))
 
 
 def in_auth_log(text: str, timeout: float = 20.0) -> bool:
     """rsyslog writes authpriv to /var/log/auth.log asynchronously."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if lab().run(f"grep -qF -- {quote(text)} /var/log/auth.log").rc == 0:
-            return True
-        time.sleep(1)
-    return False
-
-
-def quote(text: str) -> str:
-    return "'" + text.replace("'", "'\"'\"'") + "'"
+    return wait_for(lambda: lab().run(f"grep -qF -- {quote(text)} /var/log/auth.log").rc == 0, timeout)
 
 
 def sha256(path: str) -> str:
@@ -107,25 +93,19 @@ def controller_record() -> str:
         return handle.read().split()[0]
 
 
-def playbook(name: str, *args: str) -> subprocess.CompletedProcess:
+def playbook(name: str, *args: str) -> PlaybookRun:
     """Run a playbook of the scenario (or the project) against the lab."""
-    path = name if os.path.isabs(name) else os.path.join(SCENARIO, name)
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"], path, *args]
-    env = dict(os.environ, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1200, env=env)
-    print(f"$ {' '.join(cmd)}\nrc={proc.returncode}\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
-    return proc
+    return kit_testlib.playbook(name if os.path.isabs(name) else os.path.join(SCENARIO, name), *args)
 
 
-def converge(*args: str) -> subprocess.CompletedProcess:
+def converge(*args: str) -> PlaybookRun:
     return playbook("converge.yml", *args)
 
 
-def said(proc: subprocess.CompletedProcess, text: str) -> bool:
+def said(proc: PlaybookRun, text: str) -> bool:
     """Whether the playbook's output says text (Ansible wraps long messages)."""
-    return " ".join(text.split()) in " ".join((proc.stdout + proc.stderr).split())
+    return proc.said(text)
 
 
-def unchanged(proc: subprocess.CompletedProcess) -> bool:
-    recap = re.search(rf"{HOST}\s*:\s*ok=\d+\s+changed=(\d+)", proc.stdout)
-    return bool(recap) and recap.group(1) == "0"
+def unchanged(proc: PlaybookRun) -> bool:
+    return HOST in proc.recap and proc.recap[HOST]["changed"] == 0

@@ -4,18 +4,25 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import shlex
+import sys
 import time
 from typing import Any
 
 import pytest
 import testinfra
 
+# The kit's shared test helpers (molecule/shared/kit_testlib.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+import kit_testlib  # noqa: E402
+
 INVENTORY = os.environ.get("MOLECULE_INVENTORY_FILE", "")
 APP = "demo"
 SERVICE = f"celery-worker@{APP}.service"
 VENV_PY = f"/opt/celery-kit/{APP}/venv/bin/python"
 TOOLS = "/usr/local/lib/celery-kit-lab"
+ATTACK = f"{TOOLS}/attack.py"
 BROKER = "kit-broker"
 DANGEROUS_FILE = "/var/lib/celery-kit/dangerous-ran"
 REJECTED = "security_lib rejected message:"
@@ -24,7 +31,7 @@ MANAGED = ["kit-logserver", "kit-broker", "kit-worker", "kit-client"]
 
 def get_host(name: str) -> testinfra.host.Host:
     # docker exec is many times faster than one ansible call per command.
-    return testinfra.get_host(f"docker://{name}")
+    return kit_testlib.lab(name)
 
 
 @pytest.fixture(scope="session")
@@ -74,6 +81,11 @@ def json_line(result: Any) -> dict[str, Any]:
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     assert lines, f"rc={result.rc}\nstdout={result.stdout}\nstderr={result.stderr}"
     return json.loads(lines[-1])
+
+
+def attack(host: testinfra.host.Host, *args: str) -> dict[str, Any]:
+    """Run the lab's attack tool as the app user on host; its JSON report (ids of the messages sent)."""
+    return json_line(as_app_user(host, ATTACK, *args))
 
 
 def journal(worker: testinfra.host.Host) -> str:

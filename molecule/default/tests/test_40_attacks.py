@@ -15,13 +15,7 @@ import uuid
 
 import pytest
 
-from conftest import REJECTED, TOOLS, as_app_user, dangerous_markers, json_line, wait_for_log
-
-ATTACK = f"{TOOLS}/attack.py"
-
-
-def attack(host, *args: str) -> dict:
-    return json_line(as_app_user(host, ATTACK, *args))
+from conftest import ATTACK, REJECTED, as_app_user, attack, dangerous_markers, json_line, wait_for_log
 
 
 @pytest.fixture

@@ -1,15 +1,19 @@
 """The other defences around the app, checked in the converged full stack.
 
-Runs after the attack tests (file order): the rejected messages they caused
-must have reached the log server; the firewall must refuse the outsider; AIDE
-must see a clean baseline and catch tampering with the config module.
+Each test makes what it checks (no test relies on another having run): a
+rejected message must reach the log server; the firewall must refuse the
+outsider while managed hosts get through; AIDE must catch tampering with the
+config module.
 """
 
 from __future__ import annotations
 
 import time
+import uuid
 
-from conftest import REJECTED, can_connect, get_host
+from kit_testlib import wait_for
+
+from conftest import REJECTED, attack, can_connect, get_host, wait_for_log
 
 # The log server keeps its own logs locally; every other host forwards.
 FORWARDERS = ["kit-broker", "kit-worker", "kit-client"]
@@ -17,18 +21,18 @@ REMOTE_LOGS = "/var/log/remote"
 
 
 def _wait_for_remote_line(logserver, pattern: str, timeout: float = 60.0) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        found = logserver.run(f"grep -rhF -- {pattern!r} {REMOTE_LOGS}")
-        if found.rc == 0 or time.monotonic() > deadline:
-            return found.stdout
-        time.sleep(2)
+    return wait_for(lambda: logserver.run(f"grep -rhF -- {pattern!r} {REMOTE_LOGS}").stdout, timeout, 2)
 
 
-def test_worker_rejections_reach_the_log_server(logserver):
-    lines = _wait_for_remote_line(logserver, REJECTED)
-    assert REJECTED in lines
-    assert "reason=" in lines
+def test_worker_rejections_reach_the_log_server(client, worker, logserver):
+    """This test sends its own unsigned message; its rejection line must travel to the log server."""
+    sent = attack(client, "unsigned", f"stack-{uuid.uuid4()}")
+    task_id = sent["ids"][0]
+    local = wait_for_log(worker, f"id={task_id}")
+    assert REJECTED in local, local
+    lines = _wait_for_remote_line(logserver, f"id={task_id}")
+    assert REJECTED in lines, lines
+    assert "reason=unsigned" in lines, lines
 
 
 def test_every_managed_host_logs_to_the_log_server(logserver):
@@ -48,6 +52,13 @@ def test_outsider_cannot_reach_the_broker_or_the_log_server(outsider):
     for target, port in [("kit-broker", 5671), ("kit-broker", 4369), ("kit-broker", 25672),
                          ("kit-logserver", 6514)]:
         assert not can_connect(outsider, target, port), f"outsider reached {target}:{port}"
+
+
+def test_control_managed_hosts_do_reach_the_broker_and_the_log_server(client, worker):
+    """The positive twin of the outsider test: the same probe sees the listeners the outsider may not reach."""
+    for name, host in [("kit-client", client), ("kit-worker", worker)]:
+        for target, port in [("kit-broker", 5671), ("kit-logserver", 6514)]:
+            assert can_connect(host, target, port), f"{name} could not reach {target}:{port}"
 
 
 def test_worker_egress_is_limited_and_drops_are_counted(outsider):

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import os
-import time
+import pathlib
+import sys
 import uuid
 
 import pytest
-import testinfra
+
+# The kit's shared test helpers (molecule/shared/kit_testlib.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from kit_testlib import address, lab, wait_for  # noqa: E402  (re-exported for the tests)
 
 TABLE = "inet celery_kit_fw"
 CHECK = "/usr/local/sbin/celery-kit-fw-check"
@@ -29,18 +31,6 @@ _UDP_PROBE = (
     's.sendto(b"probe", (sys.argv[1], int(sys.argv[2]))); '
     "print(s.recvfrom(64)[0].decode())' {addr} {port}"
 )
-
-
-@functools.cache
-def lab(name: str):
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
-
-
-@functools.cache
-def address(name: str) -> str:
-    out = lab(name).check_output("ip -4 -o addr show dev eth0")
-    return out.split()[3].split("/")[0]
 
 
 def tcp_reachable(src: str, dst: str, port: int) -> bool:
@@ -85,15 +75,6 @@ def restore(host: str) -> None:
     h.check_output("systemctl restart celery-kit-fw.service")
     h.check_output("systemctl reset-failed celery-kit-fw-check.service || true")
     assert h.run(CHECK + " --no-syslog").rc == EXIT_OK
-
-
-def wait_for(predicate, timeout: float, interval: float = 2.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(interval)
 
 
 @pytest.fixture

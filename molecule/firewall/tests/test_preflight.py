@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 
 import pytest
+from kit_testlib import (
+    Case,
+    PlaybookRun,
+    Verdict,
+    assert_refused_and_unchanged,
+    assert_verdict,
+    playbook,
+    run_preflight_cases,
+)
 
 from conftest import lab
 
@@ -16,23 +23,8 @@ SCENARIO = os.environ.get("MOLECULE_SCENARIO_DIRECTORY", os.path.join(PROJECT, "
 FILES = "/etc/celery-kit-fw/ruleset.nft /etc/celery-kit-fw/baseline.nft"
 
 
-def _playbook(*args: str) -> subprocess.CompletedProcess:
-    # Only molecule's ansible.cfg is inherited: variables that pytest's
-    # testinfra backend leaves in the environment confuse ansible-playbook.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
-    env.update(
-        ANSIBLE_CONFIG=os.environ.get("ANSIBLE_CONFIG", os.path.join(PROJECT, "ansible.cfg")),
-        ANSIBLE_ROLES_PATH=os.path.join(PROJECT, "roles"),
-        ANSIBLE_NOCOLOR="1",
-    )
-    cmd = [
-        "ansible-playbook",
-        "-i",
-        os.environ["MOLECULE_INVENTORY_FILE"],
-        os.path.join(SCENARIO, "converge.yml"),
-        *args,
-    ]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+def _playbook(*args: str) -> PlaybookRun:
+    return playbook(os.path.join(SCENARIO, "converge.yml"), *args, timeout=900)
 
 
 def _fingerprint(name: str) -> str:
@@ -41,41 +33,55 @@ def _fingerprint(name: str) -> str:
     )
 
 
-BAD = {
-    "bad-admin-address": (
-        {"firewall_admin_networks": ["10.0.0.300"]},
-        "not an IPv4/IPv6 address or network in canonical form",
-    ),
-    "bad-egress-port": (
-        {"firewall_worker_extra_egress": [{"address": "192.0.2.10", "port": 70000, "proto": "tcp"}]},
-        "firewall_worker_extra_egress[0] needs address",
-    ),
-    "bad-port": ({"firewall_syslog_tls_port": 0}, "ports must be integers in 1-65535"),
-    "ssh-lockout": (
-        {"firewall_admin_networks": []},
-        "SSH would be\ndropped from everywhere",
-    ),
-}
+def _case(name: str, variables: dict, refused: str | None) -> Case:
+    return Case(name, "firewall", "fw-worker", variables, refused)
 
 
-@pytest.mark.parametrize("case", list(BAD))
-def test_bad_variables_are_refused_before_any_change(case):
-    extra, message = BAD[case]
-    before = _fingerprint("fw-worker")
-    res = _playbook("--limit", "fw-worker,fw-outsider", "-e", json.dumps(extra))
-    out = res.stdout + res.stderr
-    assert res.returncode != 0, out
-    assert re.sub(r"\s+", " ", message) in re.sub(r"\s+", " ", out), out
-    # Nothing on the host changed: the play stopped in the preflight.
-    assert "changed=0" in re.search(r"fw-worker\s*:.*", out).group(0), out
-    assert _fingerprint("fw-worker") == before
+# All cases run the role's argument spec and preflight only, in one
+# ansible-playbook run; the checks read every host's address and the
+# connection's environment from facts, gathered once (min + network).
+CASES = [
+    _case("good-inventory", {}, None),
+    _case("good-admin-network", {"firewall_admin_networks": ["10.20.0.0/24"]}, None),
+    _case("bad-admin-address", {"firewall_admin_networks": ["10.0.0.300"]},
+          "not an IPv4/IPv6 address or network in canonical form"),
+    _case("host-bits-set", {"firewall_admin_networks": ["10.20.0.1/24"]},
+          "not an IPv4/IPv6 address or network in canonical form"),
+    _case("bad-egress-port",
+          {"firewall_worker_extra_egress": [{"address": "192.0.2.10", "port": 70000, "proto": "tcp"}]},
+          "firewall_worker_extra_egress[0] needs address"),
+    _case("bad-port", {"firewall_syslog_tls_port": 0}, "ports must be integers in 1-65535"),
+    _case("ssh-lockout", {"firewall_admin_networks": []}, "SSH would be dropped from everywhere"),
+    _case("bad-check-schedule", {"firewall_check_on_calendar": "every tuesday-ish"},
+          "is not a systemd calendar expression"),
+]
+
+
+@pytest.fixture(scope="module")
+def verdicts() -> dict[str, Verdict]:
+    return run_preflight_cases(CASES, gather={"all": "!all,network"})
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_preflight_refuses_bad_variables_and_accepts_good_ones(case, verdicts):
+    assert_verdict(case, verdicts[case.name])
+
+
+def test_bad_variables_stop_the_real_play_before_any_change():
+    """The role's entry point runs those checks first: files, ruleset and live table stay as they were."""
+    assert_refused_and_unchanged(
+        lambda: _playbook("--limit", "fw-worker,fw-outsider,fw-client", "-e",
+                          json.dumps({"firewall_syslog_tls_port": 0})),
+        "ports must be integers in 1-65535",
+        "fw-worker",
+        lambda: _fingerprint("fw-worker"),
+    )
 
 
 def test_check_mode_reports_no_change_on_a_converged_lab():
     res = _playbook("--check", "--diff")
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out
-    recap = re.findall(r"^(fw-\S+)\s*:\s*ok=\d+\s+changed=(\d+).*failed=(\d+)", out, re.MULTILINE)
-    assert len(recap) == 6, out
-    for name, changed, failed in recap:
-        assert (changed, failed) == ("0", "0"), f"{name}: {out}"
+    assert res.returncode == 0, res.tail()
+    recap = {name: r for name, r in res.recap.items() if name.startswith("fw-")}
+    assert len(recap) == 6, res.tail()
+    for name, r in recap.items():
+        assert (r["changed"], r["failed"]) == (0, 0), f"{name}: {res.tail()}"

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import pathlib
 import re
+import sys
 import time
 import uuid
 
-import testinfra
+# The kit's shared test helpers (molecule/shared/kit_testlib.py).
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
+from kit_testlib import lab, quote, wait_for  # noqa: E402  (re-exported for the tests)
 
 SERVER = "logging-server"
 CLIENT = "logging-client"
@@ -18,12 +21,6 @@ REMOTE_FILES = "/var/log/remote/*/syslog.log"
 # Delivery figures (sent/received/lost/duplicates) of every delivery test,
 # printed at the end of the run and kept in the scenario's ephemeral dir.
 FIGURES: dict[str, dict[str, int]] = {}
-
-
-@functools.cache
-def lab(name: str):
-    inventory = os.environ["MOLECULE_INVENTORY_FILE"]
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={inventory}")
 
 
 def marker(prefix: str) -> str:
@@ -43,11 +40,7 @@ def received_numbers(tag: str) -> list[int]:
 
 def wait_for_numbers(tag: str, count: int, timeout: float = 240, settle: float = 5) -> list[int]:
     """Poll the server until every number arrived (or the timeout), then let late duplicates land."""
-    deadline = time.monotonic() + timeout
-    numbers = received_numbers(tag)
-    while len(set(numbers)) < count and time.monotonic() < deadline:
-        time.sleep(3)
-        numbers = received_numbers(tag)
+    wait_for(lambda: len(set(received_numbers(tag))) >= count, timeout, interval=3)
     time.sleep(settle)
     return received_numbers(tag)
 
@@ -67,17 +60,9 @@ def record(name: str, sent: int, numbers: list[int]) -> dict[str, int]:
 
 
 def found_on_server(text: str, timeout: float = 60, path: str = REMOTE_FILES) -> bool:
-    deadline = time.monotonic() + timeout
-    while True:
-        if lab(SERVER).run(f"grep -rqF --exclude-dir=journal -e {quote(text)} {path}").rc == 0:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(2)
-
-
-def quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
+    return wait_for(
+        lambda: lab(SERVER).run(f"grep -rqF --exclude-dir=journal -e {quote(text)} {path}").rc == 0,
+        timeout, interval=2)
 
 
 def pytest_terminal_summary(terminalreporter):

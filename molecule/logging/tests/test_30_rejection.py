@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import tempfile
 import time
 
 import pytest
+from kit_testlib import foreign_ca, quote, sign_with_kit_ca, tls_handshake, wait_for
 
-from conftest import CLIENT, SERVER, found_on_server, lab, marker
+from conftest import CLIENT, REMOTE_FILES, SERVER, found_on_server, lab, marker
 
 ROGUE = "/tmp/rogue"
 CA = "/etc/ssl/certs/celery-kit-ca.pem"
@@ -20,14 +19,8 @@ KEY = f"/etc/ssl/private/{CLIENT}.key"
 @pytest.fixture(scope="module")
 def rogue_pki():
     """A second CA made in the test (never committed), and a cert that claims the client's own name."""
-    lab(CLIENT).check_output(
-        f"set -e; rm -rf {ROGUE}; install -d -m 0700 {ROGUE}; cd {ROGUE}; "
-        "openssl req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj '/CN=Rogue CA' 2>/dev/null; "
-        f"printf 'subjectAltName=DNS:{CLIENT}\\nextendedKeyUsage=serverAuth,clientAuth\\n' > ext.cnf; "
-        f"openssl req -newkey rsa:2048 -nodes -keyout host.key -out host.csr -subj '/CN={CLIENT}' 2>/dev/null; "
-        "openssl x509 -req -in host.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out host.pem -days 1 "
-        "-extfile ext.cnf 2>/dev/null")
-    yield f"{ROGUE}/host.pem", f"{ROGUE}/host.key"
+    pki = foreign_ca(lab(CLIENT), ROGUE, CLIENT)
+    yield pki.cert, pki.key
     lab(CLIENT).run(f"rm -rf {ROGUE}")
 
 
@@ -53,52 +46,45 @@ def _stop_second_rsyslog(name: str) -> None:
     lab(CLIENT).run(f"kill $(cat {ROGUE}/{name}/pid)")
 
 
+def _delivered_by_second_rsyslog(name: str, cert: str, key: str, *, peer: str = SERVER, timeout: float = 20,
+                                 path: str = "/var/log") -> bool:
+    """Send one marked line through a second rsyslogd using CERT (logger must succeed); whether it arrived."""
+    sock = _second_rsyslog(name, cert, key, peer)
+    text = marker(f"{name}-sender-")
+    try:
+        lab(CLIENT).check_output(f"logger -u {sock} -t {name} {quote(text)}")
+        return found_on_server(text, timeout=timeout, path=path)
+    finally:
+        _stop_second_rsyslog(name)
+
+
 def test_control_a_second_sender_with_the_kit_cert_does_deliver(rogue_pki):
     """Proves the rogue test below fails for the certificate, not for the way it sends."""
-    sock = _second_rsyslog("control", CERT, KEY)
-    text = marker("control-sender-")
-    try:
-        lab(CLIENT).check_output(f"logger -u {sock} -t control '{text}'")
-        assert found_on_server(text, timeout=60)
-    finally:
-        _stop_second_rsyslog("control")
+    assert _delivered_by_second_rsyslog("control", CERT, KEY, timeout=60, path=REMOTE_FILES)
 
 
 def test_a_client_with_a_cert_from_another_ca_cannot_write(rogue_pki):
     cert, key = rogue_pki
-    sock = _second_rsyslog("rogue", cert, key)
-    text = marker("rogue-sender-")
-    try:
-        lab(CLIENT).check_output(f"logger -u {sock} -t rogue '{text}'")
-        assert not found_on_server(text, timeout=20, path="/var/log")
-    finally:
-        _stop_second_rsyslog("rogue")
+    assert not _delivered_by_second_rsyslog("rogue", cert, key)
     # The server saw and refused the handshake.
     journal = lab(SERVER).check_output("journalctl -u rsyslog --since '-2min' --no-pager -o cat")
     assert "imrelp" in journal or "relp" in journal.lower(), journal
 
 
-@pytest.mark.parametrize("version", ["-tls1_2", "-tls1_3"])
+@pytest.mark.parametrize("version", ["tls1_2", "tls1_3"])
 def test_the_tls_handshake_fails_for_a_foreign_cert_and_succeeds_for_the_kit_cert(rogue_pki, version):
     cert, key = rogue_pki
-    probe = (f"echo | timeout 10 openssl s_client -connect {SERVER}:6514 {version} -CAfile {CA} "
-             f"-verify_hostname {SERVER} -verify_return_error -cert {{cert}} -key {{key}} 2>&1; "
-             # TLS 1.3 refuses a client cert after the handshake: read the alert.
-             "true")
-    good = lab(CLIENT).run(probe.format(cert=CERT, key=KEY)).stdout
-    assert "Verify return code: 0 (ok)" in good, good
-    assert "alert" not in good.lower(), good
-    bad = lab(CLIENT).run(
-        f"(sleep 2; printf '1 open 0 \\n\\n') | timeout 10 openssl s_client -connect {SERVER}:6514 {version} "
-        f"-CAfile {CA} -cert {cert} -key {key} 2>&1").stdout
-    assert "alert" in bad.lower() or "errno" in bad.lower(), bad
+    good = tls_handshake(lab(CLIENT), SERVER, 6514, ca=CA, cert=CERT, key=KEY, version=version, server_name=SERVER)
+    assert good.accepted, good.output
+    bad = tls_handshake(lab(CLIENT), SERVER, 6514, ca=CA, cert=cert, key=key, version=version, server_name=SERVER)
+    assert not bad.accepted, bad.output
 
 
 def test_a_client_without_a_certificate_is_refused():
-    out = lab(CLIENT).run(
-        f"(sleep 2; printf '1 open 0 \\n\\n') | timeout 10 openssl s_client -connect {SERVER}:6514 -CAfile {CA} 2>&1"
-    ).stdout
-    assert "certificate required" in out or "alert" in out.lower(), out
+    """The positive twin is the kit-cert handshake above, through the same probe."""
+    out = tls_handshake(lab(CLIENT), SERVER, 6514, ca=CA, server_name=SERVER)
+    assert not out.accepted, out.output
+    assert "certificate required" in out.output or "alert" in out.output.lower(), out.output
 
 
 @pytest.mark.parametrize("old", ["-tls1", "-tls1_1"])
@@ -111,15 +97,52 @@ def test_tls_before_1_2_is_refused(old):
     assert "Cipher is (NONE)" in out or "no protocols available" in out, out
 
 
-@pytest.mark.parametrize("how", [
-    "logger -n {server} -P 514 -d",        # plain UDP syslog
-    "logger -n {server} -P 514 -T",        # plain TCP syslog
-    "logger -n {server} -P 6514 -T",       # plain TCP to the TLS port
-    "logger -n {server} -P 6514 -d",       # UDP to the TLS port
-])
-def test_plain_senders_cannot_write(how):
+PLAIN_CONTROL = "/tmp/plain-control"
+PLAIN_CONTROL_PORT = 10514
+
+
+@pytest.fixture(scope="module")
+def plain_listener():
+    """A throwaway plain syslog listener on the server (TCP and UDP): where plain senders DO get through."""
+    server = lab(SERVER)
+    conf = f"""global(workDirectory="{PLAIN_CONTROL}")
+module(load="imtcp")
+module(load="imudp")
+input(type="imtcp" port="{PLAIN_CONTROL_PORT}")
+input(type="imudp" port="{PLAIN_CONTROL_PORT}")
+action(type="omfile" file="{PLAIN_CONTROL}/plain.log")
+"""
+    server.check_output(f"rm -rf {PLAIN_CONTROL}; install -d -m 0700 {PLAIN_CONTROL} && "
+                        f"cat > {PLAIN_CONTROL}/rsyslog.conf <<'EOF'\n{conf}EOF")
+    server.check_output(f"rsyslogd -f {PLAIN_CONTROL}/rsyslog.conf -i {PLAIN_CONTROL}/pid")
+    assert wait_for(lambda: server.run(f"ss -Htln 'sport = :{PLAIN_CONTROL_PORT}'").rc == 0 and server.run(
+        f"ss -Htln 'sport = :{PLAIN_CONTROL_PORT}'").stdout.strip() != "", 20)
+    yield PLAIN_CONTROL_PORT
+    server.run(f"kill $(cat {PLAIN_CONTROL}/pid); rm -rf {PLAIN_CONTROL}")
+
+
+@pytest.mark.parametrize("flag", ["-T", "-d"], ids=["tcp", "udp"])
+def test_control_a_plain_sender_reaches_a_plain_listener(plain_listener, flag):
+    """Proves the plain-sender probe below can see a delivery: same logger, same grep, a listener that accepts."""
+    text = marker("plain-control-")
+    sent = lab(CLIENT).run(f"logger -n {SERVER} -P {plain_listener} {flag} -t plain {quote(text)}")
+    assert sent.rc == 0, sent.stderr
+    assert found_on_server(text, timeout=20, path=PLAIN_CONTROL)
+
+
+# (how, logger's exit code): UDP sends without an answer; plain TCP to the
+# TLS port is accepted by the kernel and then dropped by rsyslog; plain TCP to
+# 514 finds no listener, so logger itself must fail.
+@pytest.mark.parametrize(("how", "rc_ok"), [
+    ("-P 514 -d", True),      # plain UDP syslog
+    ("-P 514 -T", False),     # plain TCP syslog: nothing listens
+    ("-P 6514 -T", True),     # plain TCP to the TLS port
+    ("-P 6514 -d", True),     # UDP to the TLS port
+], ids=["udp-514", "tcp-514", "tcp-6514", "udp-6514"])
+def test_plain_senders_cannot_write(how, rc_ok):
     text = marker("plain-sender-")
-    lab(CLIENT).run(how.format(server=SERVER) + f" -t plain '{text}'")
+    sent = lab(CLIENT).run(f"logger -n {SERVER} {how} -t plain {quote(text)}")
+    assert (sent.rc == 0) is rc_ok, f"rc={sent.rc} {sent.stderr}"
     assert not found_on_server(text, timeout=10, path="/var/log")
 
 
@@ -131,18 +154,7 @@ KIT_CA_DIR = os.path.expanduser("~/.local/share/celery-kit/molecule-logging/ca")
 def kit_cert_with_an_unlisted_name(rogue_pki):
     """A certificate of the kit's own CA whose name is not a managed host: chain valid, name refused."""
     host = lab(CLIENT)
-    csr = host.check_output(
-        f"openssl req -new -newkey rsa:2048 -nodes -keyout {ROGUE}/intruder.key -subj '/CN=intruder' 2>/dev/null")
-    with tempfile.TemporaryDirectory() as tmp:
-        with open(os.path.join(tmp, "req.csr"), "w", encoding="ascii") as handle:
-            handle.write(csr + "\n")
-        with open(os.path.join(tmp, "ext.cnf"), "w", encoding="ascii") as handle:
-            handle.write("subjectAltName=DNS:intruder\nextendedKeyUsage=serverAuth,clientAuth\n")
-        subprocess.run(["openssl", "x509", "-req", "-in", "req.csr", "-CA", os.path.join(KIT_CA_DIR, "ca.pem"),
-                        "-CAkey", os.path.join(KIT_CA_DIR, "ca.key"), "-set_serial", "4242", "-days", "1",
-                        "-extfile", "ext.cnf", "-out", "cert.pem"], cwd=tmp, check=True, capture_output=True)
-        with open(os.path.join(tmp, "cert.pem"), encoding="ascii") as handle:
-            pem = handle.read()
+    pem = sign_with_kit_ca(host, KIT_CA_DIR, f"{ROGUE}/intruder.key", "intruder")
     host.check_output(f"cat > {ROGUE}/intruder.pem <<'EOF'\n{pem}EOF")
     host.check_output(f"openssl verify -CAfile {CA} {ROGUE}/intruder.pem")
     return f"{ROGUE}/intruder.pem", f"{ROGUE}/intruder.key"
@@ -150,13 +162,7 @@ def kit_cert_with_an_unlisted_name(rogue_pki):
 
 def test_a_kit_certificate_with_a_name_not_permitted_cannot_write(kit_cert_with_an_unlisted_name):
     cert, key = kit_cert_with_an_unlisted_name
-    sock = _second_rsyslog("intruder", cert, key)
-    text = marker("intruder-sender-")
-    try:
-        lab(CLIENT).check_output(f"logger -u {sock} -t intruder '{text}'")
-        assert not found_on_server(text, timeout=20, path="/var/log")
-    finally:
-        _stop_second_rsyslog("intruder")
+    assert not _delivered_by_second_rsyslog("intruder", cert, key)
     # Refused for its name, after the chain checked out (rsyslog's spelling).
     journal = lab(SERVER).check_output("journalctl -u rsyslog --since '-3min' --no-pager -o cat")
     assert "no permited name found', peer is 'DNSname: intruder" in journal, journal
@@ -164,10 +170,4 @@ def test_a_kit_certificate_with_a_name_not_permitted_cannot_write(kit_cert_with_
 
 def test_a_client_refuses_a_server_whose_certificate_names_another_host(rogue_pki):
     """The client side of the name check: the real server's cert does not name 'not-the-log-server'."""
-    sock = _second_rsyslog("wrongpeer", CERT, KEY, peer="not-the-log-server")
-    text = marker("wrong-peer-")
-    try:
-        lab(CLIENT).check_output(f"logger -u {sock} -t wrongpeer '{text}'")
-        assert not found_on_server(text, timeout=20, path="/var/log")
-    finally:
-        _stop_second_rsyslog("wrongpeer")
+    assert not _delivered_by_second_rsyslog("wrongpeer", CERT, KEY, peer="not-the-log-server")

@@ -4,10 +4,17 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
 
 import pytest
+from kit_testlib import (
+    Case,
+    PlaybookRun,
+    Verdict,
+    assert_refused_and_unchanged,
+    assert_verdict,
+    playbook,
+    run_preflight_cases,
+)
 
 from conftest import CLIENT, SERVER, lab
 
@@ -17,12 +24,8 @@ FILES = ("/etc/rsyslog.conf /etc/rsyslog.d/*.conf /etc/systemd/journald.conf.d/*
          "/etc/logrotate.d/celery-kit-log-server")
 
 
-def _playbook(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, ANSIBLE_ROLES_PATH=os.path.join(PROJECT, "roles"), ANSIBLE_FORCE_COLOR="0",
-               ANSIBLE_NOCOLOR="1")
-    cmd = ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-           os.path.join(SCENARIO, "logging_only.yml"), *args]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, check=False)
+def _playbook(*args: str) -> PlaybookRun:
+    return playbook(os.path.join(SCENARIO, "logging_only.yml"), *args, timeout=900)
 
 
 def _fingerprint(name: str) -> str:
@@ -31,34 +34,46 @@ def _fingerprint(name: str) -> str:
         "systemctl show -p MainPID --value rsyslog")
 
 
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", " ", text)
+# Every case runs only the role's argument spec and preflight, all in one
+# ansible-playbook run; the good cases show the same probe sees acceptance.
+CASES = [
+    Case("good-client", "log_forwarding", CLIENT, {}, None),
+    Case("good-server", "log_server", SERVER, {}, None),
+    Case("port-out-of-range", "log_forwarding", CLIENT, {"log_forwarding_port": 70000},
+         "log_forwarding_port must be 1-65535"),
+    Case("servers-as-a-string", "log_forwarding", CLIENT, {"log_forwarding_servers": "logging-server"},
+         "must be YAML lists"),
+    Case("relative-file-path", "log_forwarding", CLIENT,
+         {"log_forwarding_files": [{"path": "rabbit.log", "tag": "rabbitmq"}]}, "needs an absolute path"),
+    Case("old-tls", "log_forwarding", CLIENT, {"log_forwarding_tls_min_version": "TLSv1.0"},
+         "log_forwarding_tls_min_version"),
+    Case("missing-cert", "log_forwarding", CLIENT, {"log_forwarding_cert_file": "/etc/ssl/certs/nope.pem"},
+         "Run playbooks/pki.yml first. Missing: /etc/ssl/certs/nope.pem"),
+    Case("no-permitted-peer", "log_server", SERVER, {"log_server_permitted_peers": []},
+         "the server would accept nobody"),
+    Case("log-dir-is-var-log", "log_server", SERVER, {"log_server_log_dir": "/var/log"},
+         "a dedicated absolute directory"),
+]
 
 
-BAD = {
-    "port-out-of-range": (CLIENT, {"log_forwarding_port": 70000}, "log_forwarding_port must be 1-65535"),
-    "servers-as-a-string": (CLIENT, {"log_forwarding_servers": "logging-server"},
-                            "must be YAML lists"),
-    "relative-file-path": (CLIENT, {"log_forwarding_files": [{"path": "rabbit.log", "tag": "rabbitmq"}]},
-                           "needs an absolute path"),
-    "old-tls": (CLIENT, {"log_forwarding_tls_min_version": "TLSv1.0"}, "log_forwarding_tls_min_version"),
-    "missing-cert": (CLIENT, {"log_forwarding_cert_file": "/etc/ssl/certs/nope.pem"},
-                     "Run playbooks/pki.yml first. Missing: /etc/ssl/certs/nope.pem"),
-    "no-permitted-peer": (SERVER, {"log_server_permitted_peers": []}, "the server would accept nobody"),
-    "log-dir-is-var-log": (SERVER, {"log_server_log_dir": "/var/log"}, "a dedicated absolute directory"),
-}
+@pytest.fixture(scope="module")
+def verdicts() -> dict[str, Verdict]:
+    return run_preflight_cases(CASES)
 
 
-@pytest.mark.parametrize("case", list(BAD))
-def test_bad_variables_are_refused_before_any_change(case):
-    name, extra, message = BAD[case]
-    before = _fingerprint(name)
-    res = _playbook("--limit", name, "-e", json.dumps(extra))
-    out = res.stdout + res.stderr
-    assert res.returncode != 0, out
-    assert _squash(message) in _squash(out), out
-    assert "changed=0" in re.search(rf"{name}\s*:.*", out).group(0), out
-    assert _fingerprint(name) == before
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_preflight_refuses_bad_variables_and_accepts_good_ones(case, verdicts):
+    assert_verdict(case, verdicts[case.name])
+
+
+@pytest.mark.parametrize(("name", "extra", "message"), [
+    (CLIENT, {"log_forwarding_port": 70000}, "log_forwarding_port must be 1-65535"),
+    (SERVER, {"log_server_log_dir": "/var/log"}, "a dedicated absolute directory"),
+])
+def test_the_real_play_stops_before_any_change(name, extra, message):
+    """The roles' own entry points run those checks first: nothing on the host changes."""
+    assert_refused_and_unchanged(
+        lambda: _playbook("--limit", name, "-e", json.dumps(extra)), message, name, lambda: _fingerprint(name))
 
 
 def test_a_configuration_rsyslog_rejects_is_not_installed():
@@ -68,9 +83,8 @@ def test_a_configuration_rsyslog_rejects_is_not_installed():
     try:
         before = _fingerprint(CLIENT)
         res = _playbook("--limit", CLIENT, "-e", json.dumps({"log_forwarding_retry_interval": 11}))
-        out = res.stdout + res.stderr
-        assert res.returncode != 0, out
-        assert "failed to validate" in out, out
+        assert res.returncode != 0, res.tail()
+        assert res.said("failed to validate"), res.tail()
         assert _fingerprint(CLIENT) == before
         assert 'action.resumeInterval="10"' in host.file("/etc/rsyslog.conf").content_string
     finally:
@@ -80,8 +94,6 @@ def test_a_configuration_rsyslog_rejects_is_not_installed():
 
 def test_check_mode_reports_no_change_on_a_converged_lab():
     res = _playbook("--check", "--diff")
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, out
-    recap = re.findall(r"^(logging-\S+)\s*:\s*ok=\d+\s+changed=(\d+).*failed=(\d+)", out, re.M)
-    assert len(recap) == 2, out
-    assert all(changed == "0" and failed == "0" for _, changed, failed in recap), out
+    assert res.returncode == 0, res.tail()
+    assert sorted(res.recap) == [CLIENT, SERVER], res.tail()
+    assert all(r["changed"] == 0 and r["failed"] == 0 for r in res.recap.values()), res.tail()

@@ -8,23 +8,29 @@ names and usages, and did no private key reach the controller?
 from __future__ import annotations
 
 import datetime
-import os
 import pathlib
-import re
-import subprocess
 
 import pytest
 import testinfra
+from kit_testlib import (
+    Case,
+    PlaybookRun,
+    Verdict,
+    assert_refused_and_unchanged,
+    assert_verdict,
+    lab,
+    playbook,
+    run_preflight_cases,
+)
 
-INVENTORY = os.environ["MOLECULE_INVENTORY_FILE"]
+PLAYBOOK = pathlib.Path(__file__).resolve().parents[3] / "playbooks" / "pki.yml"
 CA_DIR = pathlib.Path.home() / ".local/share/celery-kit/molecule-pki/ca"
 CA_BUNDLE = "/etc/ssl/certs/celery-kit-ca.pem"
 HOSTS = ["pki-broker", "pki-worker"]
 
 
 def _host(name: str) -> testinfra.host.Host:
-    # docker exec is many times faster than an ansible call per command.
-    return testinfra.get_host(f"docker://{name}")
+    return lab(name)
 
 
 @pytest.fixture(params=HOSTS)
@@ -110,43 +116,53 @@ def test_expiry_report_lists_every_certificate(node):
     assert f"/etc/ssl/certs/{name}.pem" in listed
 
 
-def _run_playbook(*extra: str) -> subprocess.CompletedProcess[str]:
-    root = pathlib.Path(__file__).resolve().parents[3]
-    return subprocess.run(
-        ["ansible-playbook", "-i", INVENTORY, str(root / "playbooks/pki.yml"), *extra],
-        capture_output=True, text=True, cwd=root, check=False,
-        env={
-            **os.environ,
-            "ANSIBLE_ROLES_PATH": str(root / "roles"),
-            "ANSIBLE_FORCE_COLOR": "0",
-            "ANSIBLE_NOCOLOR": "1",
-        },
-    )
+def _run_playbook(*extra: str) -> PlaybookRun:
+    return playbook(PLAYBOOK, *extra)
 
 
 def _fingerprints() -> list[str]:
     return [
-        _host(n).check_output(f"openssl x509 -in /etc/ssl/certs/{n}.pem -noout -fingerprint -sha256")
+        _host(n).check_output(
+            f"openssl x509 -in /etc/ssl/certs/{n}.pem -noout -fingerprint -sha256; sha256sum /etc/ssl/private/{n}.key")
         for n in HOSTS
     ]
 
 
-@pytest.mark.parametrize(
-    ("extra_vars", "expected"),
-    [
-        ('{"pki_key_size": 1024}', "pki_key_size"),
-        ('{"pki_certificates": [{"name": "x", "common_name": "x", "purpose": "email"}]}', "purpose"),
-        ('{"pki_renew_before_days": 400}', "pki_renew_before_days"),
-        ('{"pki_ca_dir": "relative/ca"}', "pki_ca_dir"),
-    ],
-)
-def test_bad_input_is_refused_and_changes_nothing(extra_vars, expected):
-    before = _fingerprints()
-    result = _run_playbook("-e", extra_vars, "-e", "pki_deployment=molecule-pki")
-    assert result.returncode != 0
-    assert expected in result.stdout + result.stderr
-    assert "changed=0" in result.stdout or "changed=" not in result.stdout
-    assert _fingerprints() == before
+# Each refusal message is the role's own (argument spec or preflight), never a
+# task name: task names are printed on every run, refused or not.
+PREFLIGHT_CASES = [
+    Case("good-defaults", "pki", "pki-broker", {}, None),
+    Case("good-longer-window", "pki", "pki-broker", {"pki_renew_before_days": 60}, None),
+    Case("weak-key", "pki", "pki-broker", {"pki_key_size": 1024},
+         "value of pki_key_size must be one of: 2048, 3072, 4096, got: 1024"),
+    Case("email-purpose", "pki", "pki-worker",
+         {"pki_certificates": [{"name": "x", "common_name": "x", "purpose": "email"}]},
+         "and a 'purpose' among"),
+    Case("window-longer-than-lifetime", "pki", "pki-broker", {"pki_renew_before_days": 400},
+         "must be greater than pki_renew_before_days (400)"),
+    Case("relative-ca-dir", "pki", "pki-broker", {"pki_ca_dir": "relative/ca"},
+         "pki_ca_dir must be an absolute path on the controller (got 'relative/ca')"),
+]
+
+
+@pytest.fixture(scope="module")
+def preflight_verdicts() -> dict[str, Verdict]:
+    return run_preflight_cases(PREFLIGHT_CASES)
+
+
+@pytest.mark.parametrize("case", PREFLIGHT_CASES, ids=lambda c: c.name)
+def test_preflight_refuses_bad_input_and_accepts_good(case, preflight_verdicts):
+    assert_verdict(case, preflight_verdicts[case.name])
+
+
+def test_bad_input_stops_the_real_play_before_any_change():
+    """The role's own entry point runs its checks first: no host changes, no key or cert is replaced."""
+    assert_refused_and_unchanged(
+        lambda: _run_playbook("-e", '{"pki_key_size": 1024}'),
+        "value of pki_key_size must be one of: 2048, 3072, 4096, got: 1024",
+        HOSTS,
+        _fingerprints,
+    )
 
 
 def _days_left(host: testinfra.host.Host, pem: str) -> int:
@@ -167,12 +183,11 @@ def test_renewal_window_reissues_the_cert():
         "-e", f'{{"pki_renew_before_days": {window}, "pki_cert_valid_days": {window + 30}}}',
         "--limit", "pki-broker",
     )
-    assert result.returncode == 0, result.stdout[-3000:]
+    assert result.returncode == 0, result.tail()
     assert host.check_output("sha256sum /etc/ssl/private/pki-broker.key") == key_before
     assert host.check_output(f"openssl x509 -in {pem} -noout -serial") != cert_before
     assert _days_left(host, pem) >= window + 28
     # With the defaults the new certificate is kept: nothing more to do.
     again = _run_playbook("--limit", "pki-broker")
-    assert again.returncode == 0
-    recap = again.stdout.split("PLAY RECAP")[-1]
-    assert re.search(r"pki-broker\s+: ok=\d+\s+changed=0\s", recap), recap
+    assert again.returncode == 0, again.tail()
+    assert again.changed("pki-broker") == 0, again.tail()

@@ -9,6 +9,7 @@ import uuid
 
 import pytest
 import testinfra
+from kit_testlib import lab
 
 testinfra_hosts = ["rmq-client"]
 
@@ -23,7 +24,8 @@ NOT_ALLOWED = 530
 
 
 def lab_host(name):
-    return testinfra.get_host(f"ansible://{name}?ansible_inventory={INVENTORY}")
+    # docker exec: many times faster than one Ansible call per probe.
+    return lab(name)
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +243,8 @@ def test_password_change_through_the_module_takes_effect(client):
     """The role relies on rabbitmq_user(update_password=always) to rotate
     passwords; prove on this broker that a rotation really changes the
     password, with a throwaway user so the role's users stay untouched."""
-    broker = lab_host(BROKER)
+    # host.ansible() runs a module: only the Ansible backend offers it.
+    broker = testinfra.get_host(f"ansible://{BROKER}?ansible_inventory={INVENTORY}")
     user = "rotation-probe"
     old, new = f"Old{uuid.uuid4().hex}", f"New{uuid.uuid4().hex}"
 
