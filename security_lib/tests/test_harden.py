@@ -269,3 +269,20 @@ def test_publish_fails_closed_if_auth_serializer_was_replaced(pki: PKI) -> None:
             app.send_task("kit.anything")
     finally:
         harden(app, pki)
+
+
+@pytest.mark.parametrize("query", ["?ssl=1", "?ssl_cert_reqs=0", "?ssl=true&x=1"])
+def test_url_query_that_overrides_tls_options_is_refused(pki: PKI, query: str) -> None:
+    app = make_app(f"amqps://kit-broker:5671/kit{query}")
+    with pytest.raises(BrokerTLSError, match=r"broker_url: .*query.*ssl"):
+        harden(app, pki, **tls_args(pki))
+    assert app.conf.task_serializer != "auth"  # nothing applied
+
+
+def tls_args(pki: PKI) -> dict[str, Any]:
+    return {
+        "allow_insecure_broker": False,
+        "broker_ca": pki.ca.pem,
+        "broker_cert": pki.client.cert,
+        "broker_key": pki.client.key,
+    }

@@ -140,3 +140,53 @@ def test_copy_of_executed_message_is_refused_across_a_reconnect(
     wait_for(lambda: len(log.rejections(message.id)) == 2, timeout=60)
     assert [m["reason"] for m in log.rejections(message.id)] == ["replay", "replay"]
     assert executions(message.id) == 1
+
+
+def test_worker_restart_keeps_the_replay_state(rabbitmq: RabbitMQ, pki: PKI, tmp_path: Any) -> None:
+    """A restarted worker (new app, new cache) still refuses a copy of what already ran."""
+    state = tmp_path / "state"
+    state.mkdir(mode=0o700)
+    queue = f"restart-{uuid.uuid4().hex[:8]}"
+    handler = ListHandler()
+    security_lib.gate.logger.addHandler(handler)
+    message = None
+    try:
+        for run in range(2):
+            app = _app(rabbitmq, queue)
+            security_lib.harden(
+                app,
+                key=pki.worker.key,
+                cert=pki.worker.cert,
+                cert_store=pki.store,
+                allowed_tasks={"signer-worker": ["kit.record"]},
+                allow_insecure_broker=True,
+                replay_window=120,
+                clock_skew=5,
+                replay_state_dir=state,
+            )
+            forger = Forger(app, pki.worker, routing_key=queue)
+            with start_worker(
+                app,
+                hostname="restart@test",
+                perform_ping_check=False,
+                pool="threads",
+                concurrency=1,
+                loglevel="WARNING",
+                shutdown_timeout=30,
+            ):
+                if run == 0:
+                    message = forger.publish(forger.signed("kit.record", (1,)))
+                    first_id = message.id
+                    wait_for(lambda: executions(first_id) == 1, timeout=30)  # noqa: B023 - awaited at once
+                else:
+                    assert message is not None
+                    forger.publish(message)  # the captured copy, to the restarted worker
+                    wait_for(lambda: handler.rejections(first_id), timeout=30)  # noqa: B023 - awaited at once
+                    fresh_id = forger.publish(forger.signed("kit.record", (2,))).id
+                    wait_for(lambda: executions(fresh_id) == 1, timeout=30)  # noqa: B023 - awaited at once
+    finally:
+        security_lib.gate.logger.removeHandler(handler)
+    assert message is not None
+    assert [m["reason"] for m in handler.rejections(message.id)] == ["replay"]
+    assert executions(message.id) == 1
+    assert [p.name for p in state.iterdir()] == ["replay-restart@test.jsonl"]

@@ -272,6 +272,15 @@ def test_message_from_the_future_is_rejected(kit: Kit) -> None:
     assert kit.rejected(kit.client.publish(msg)) == "future-envelope"
 
 
+def test_copy_published_to_another_route_is_rejected(kit: Kit) -> None:
+    # Signed for another worker's queue, re-published into this one.
+    msg = kit.client.signed("kit.safe", ("elsewhere",), route=["jobs", "other-node"])
+    assert kit.rejected(kit.client.publish(msg)) == "route-mismatch"
+    # The positive twin: the same kind of message signed for this queue runs.
+    ok = kit.client.publish(kit.client.signed("kit.safe", ("here",), route=["", "celery"]))
+    kit.wait_ran(ok.id)
+
+
 # --- allowlist ----------------------------------------------------------------
 
 

@@ -300,7 +300,12 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
 
     def start(self, c: Any) -> None:
         """Wrap the strategies Celery just (re)built."""
-        from .settings import verify_applied  # noqa: PLC0415 - avoid an import cycle
+        from .hardening import hardening_of  # noqa: PLC0415 - avoid an import cycle
+        from .settings import (  # noqa: PLC0415
+            check_broker_connection,
+            check_broker_connections,
+            verify_applied,
+        )
 
         gate = gate_for(c.app)
         if gate is None:
@@ -310,6 +315,12 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
                 "call security_lib.harden(app, ...) in the module the worker imports",
             )
         verify_applied(c.app)
+        hardening = hardening_of(c.app)
+        if hardening is not None and hardening.broker_ssl is not None:
+            # After every override (CELERY_BROKER_URL, -b, URL query): the
+            # connection the consumer really opened, and the ones it may open.
+            check_broker_connection(c.connection, hardening.broker_ssl)
+            check_broker_connections(c.app, hardening.broker_ssl)
         generation = gate.replay.new_connection()
         if gate.state_dir is not None:
             gate.replay.open_journal(gate.state_dir / journal_name(c))
@@ -333,3 +344,9 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
         logger.info(
             "security_lib gate active on %d task(s), connection %d", len(strategies), generation
         )
+
+    def shutdown(self, c: Any) -> None:
+        """Release the replay journal when the worker stops (kept across reconnects)."""
+        gate = gate_for(c.app)
+        if gate is not None:
+            gate.replay.close()

@@ -38,6 +38,7 @@ from .serializer import (
 )
 from .settings import (
     broker_tls_settings,
+    check_broker_connections,
     refuse_unsafe_serializer_choices,
     security_settings,
     verify_applied,
@@ -70,6 +71,8 @@ class Hardening:
     cert_store: str
     broker_key: str | None
     warnings: tuple[str, ...] = field(default=())
+    #: The ``broker_use_ssl`` harden() set (None: insecure lab broker allowed).
+    broker_ssl: dict[str, Any] | None = None
 
 
 _STATE: weakref.WeakKeyDictionary[Any, Hardening] = weakref.WeakKeyDictionary()
@@ -92,6 +95,19 @@ def _number(name: str, value: object, *, low: float, high: float, allow_low: boo
             name, f"{value!r} is out of range", f"pass {name} {bound} {low:g} and <= {high:g}"
         )
     return float(value)
+
+
+def _replay_numbers(
+    replay_window: object, clock_skew: object, rate: object, cache_size: object
+) -> tuple[float, float, int]:
+    """Return window, skew and the per-signer cache share, refusing absurd values."""
+    window = _number("replay_window", replay_window, low=0, high=MAX_REPLAY_WINDOW, allow_low=False)
+    skew = _number("clock_skew", clock_skew, low=0, high=MAX_CLOCK_SKEW, allow_low=True)
+    per_second = _number("replay_max_rate", rate, low=0, high=1e6, allow_low=False)
+    if cache_size is None:
+        return window, skew, math.ceil(per_second * (window + 2 * skew))
+    share = _number("replay_cache_size", cache_size, low=1, high=1e8, allow_low=True)
+    return window, skew, int(share)
 
 
 #: Default per-signer message rate the replay cache is sized for (messages/s).
@@ -138,16 +154,11 @@ def harden(
     restarts, in a journal file per worker node name.
     """
     now = dt.datetime.now(dt.timezone.utc)
-    window = _number("replay_window", replay_window, low=0, high=MAX_REPLAY_WINDOW, allow_low=False)
-    skew = _number("clock_skew", clock_skew, low=0, high=MAX_CLOCK_SKEW, allow_low=True)
+    window, skew, per_signer = _replay_numbers(
+        replay_window, clock_skew, replay_max_rate, replay_cache_size
+    )
     warn_days = int(
         _number("expiry_warning_days", expiry_warning_days, low=0, high=3650, allow_low=True)
-    )
-    rate = _number("replay_max_rate", replay_max_rate, low=0, high=1e6, allow_low=False)
-    per_signer = (
-        math.ceil(rate * (window + 2 * skew))
-        if replay_cache_size is None
-        else int(_number("replay_cache_size", replay_cache_size, low=1, high=1e8, allow_low=True))
     )
     state_dir = None if replay_state_dir is None else check_state_dir(replay_state_dir)
     digest_algorithm(digest)
@@ -195,6 +206,8 @@ def harden(
         allow_insecure=allow_insecure_broker,
     )
     warnings.extend(broker_warnings)
+    if broker_ssl is not None:
+        check_broker_connections(app, broker_ssl, ssl=broker_ssl)
     if state_dir is None:
         warnings.append(
             "replay_state_dir not set: a worker restart forgets which messages already ran, "
@@ -248,6 +261,7 @@ def harden(
         cert_store=os.fspath(cert_store),
         broker_key=None if broker_key is None else os.fspath(broker_key),
         warnings=tuple(warnings),
+        broker_ssl=broker_ssl,
     )
     _STATE[app] = hardening
     for message in warnings:
