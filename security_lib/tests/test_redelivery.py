@@ -47,13 +47,15 @@ def _app(rabbitmq: RabbitMQ, queue: str) -> Celery:
         task_ignore_result=True,
     )
 
-    def record(n: int) -> int:
+    # bind=True: Celery 5.7 routes a task name to the callable registered
+    # first in the process, so the id must come from the running task itself.
+    def record(self: Any, n: int) -> int:
         with _LOCK:
-            EXECUTED.append(str(record_task.request.id))
+            EXECUTED.append(str(self.request.id))
         time.sleep(0.003)
         return n
 
-    record_task: Any = app.task(name="kit.record")(record)
+    app.task(name="kit.record", bind=True)(record)
     return app
 
 
