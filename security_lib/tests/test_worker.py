@@ -281,6 +281,42 @@ def test_copy_published_to_another_route_is_rejected(kit: Kit) -> None:
     kit.wait_ran(ok.id)
 
 
+# --- canvas: everything a message can make run ------------------------------
+
+
+def _sig(kit: Kit, name: str, **kwargs: Any) -> dict[str, Any]:
+    return dict(kit.app.signature(name, kwargs=kwargs))
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["callbacks", "errbacks", "chain", "chord", "nested"],
+)
+def test_follow_up_the_signer_may_not_run_is_refused(kit: Kit, option: str) -> None:
+    """signer-client may run kit.safe, not kit.dangerous: not as a link, chain, chord either."""
+    bad = _sig(kit, "kit.dangerous", x="via-" + option)
+    options: dict[str, Any] = {
+        "callbacks": {"callbacks": [bad]},
+        "errbacks": {"errbacks": [bad]},
+        "chain": {"chain": [bad]},
+        "chord": {"chord": bad},
+        # a signature hidden in the kwargs of an allowed callback
+        "nested": {"callbacks": [_sig(kit, "kit.safe", x=_sig(kit, "kit.dangerous"))]},
+    }[option]
+    msg = kit.client.publish(kit.client.signed("kit.safe", ("canvas",), **options))
+    assert kit.rejected(msg) == "signer-not-allowed"
+    assert not any(name == "kit.dangerous" for name, _, _ in RAN)
+
+
+def test_allowed_follow_up_runs(kit: Kit) -> None:
+    """The positive twin: a link to a task the signer may run is accepted and runs."""
+    msg = kit.client.publish(
+        kit.client.signed("kit.safe", ("first",), callbacks=[_sig(kit, "kit.safe")])
+    )
+    kit.wait_ran(msg.id)
+    wait_for(lambda: sum(1 for name, _, x in RAN if name == "kit.safe" and x == "first") == 2)
+
+
 # --- allowlist ----------------------------------------------------------------
 
 

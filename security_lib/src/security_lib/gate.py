@@ -35,6 +35,7 @@ from celery import bootsteps
 
 from .envelope import first_mismatch, parse_envelope, route_of
 from .errors import SecurityConfigError
+from .policy import CanvasTooLargeError, tasks_a_message_can_run
 from .serializer import AUTH_CONTENT_TYPE, VerificationError
 
 if TYPE_CHECKING:
@@ -141,6 +142,17 @@ class Gate:
         task_name = str(headers["task"])
         if not self.policy.allows(signer, task_name):
             return "signer-not-allowed", signer, ""
+        # Everything the message can make run afterwards or around it (links,
+        # errbacks, chains, chords, canvases in celery.* arguments) must be
+        # allowed for the signer of *this* message, before anything runs.
+        if not self.policy.allow_any:
+            try:
+                follow_ups = tasks_a_message_can_run(verified.data)
+            except CanvasTooLargeError:
+                return "signer-not-allowed", signer, "canvas-too-large"
+            for name in sorted(follow_ups):
+                if not self.policy.allows(signer, name):
+                    return "signer-not-allowed", signer, f"follow-up={name}"
         reason = self.replay.check(
             replay_key(headers),
             envelope.timestamp,
