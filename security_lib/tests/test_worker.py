@@ -295,14 +295,15 @@ def _sig(kit: Kit, name: str, **kwargs: Any) -> dict[str, Any]:
 def test_follow_up_the_signer_may_not_run_is_refused(kit: Kit, option: str) -> None:
     """signer-client may run kit.safe, not kit.dangerous: not as a link, chain, chord either."""
     bad = _sig(kit, "kit.dangerous", x="via-" + option)
-    options: dict[str, Any] = {
+    table: dict[str, dict[str, Any]] = {
         "callbacks": {"callbacks": [bad]},
         "errbacks": {"errbacks": [bad]},
         "chain": {"chain": [bad]},
         "chord": {"chord": bad},
         # a signature hidden in the kwargs of an allowed callback
         "nested": {"callbacks": [_sig(kit, "kit.safe", x=_sig(kit, "kit.dangerous"))]},
-    }[option]
+    }
+    options = table[option]
     msg = kit.client.publish(kit.client.signed("kit.safe", ("canvas",), **options))
     assert kit.rejected(msg) == "signer-not-allowed"
     assert not any(name == "kit.dangerous" for name, _, _ in RAN)

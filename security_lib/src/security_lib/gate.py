@@ -145,14 +145,9 @@ class Gate:
         # Everything the message can make run afterwards or around it (links,
         # errbacks, chains, chords, canvases in celery.* arguments) must be
         # allowed for the signer of *this* message, before anything runs.
-        if not self.policy.allow_any:
-            try:
-                follow_ups = tasks_a_message_can_run(verified.data)
-            except CanvasTooLargeError:
-                return "signer-not-allowed", signer, "canvas-too-large"
-            for name in sorted(follow_ups):
-                if not self.policy.allows(signer, name):
-                    return "signer-not-allowed", signer, f"follow-up={name}"
+        refused = self.follow_up_refused(signer, verified.data)
+        if refused is not None:
+            return "signer-not-allowed", signer, refused
         reason = self.replay.check(
             replay_key(headers),
             envelope.timestamp,
@@ -160,6 +155,19 @@ class Gate:
             redelivered=info.get("redelivered") is True,
         )
         return reason, signer, ""
+
+    def follow_up_refused(self, signer: SignerIdentity, body: Any) -> str | None:
+        """Return a detail if ``body`` can make run a task ``signer`` may not run."""
+        if self.policy.allow_any:
+            return None
+        try:
+            follow_ups = tasks_a_message_can_run(body)
+        except CanvasTooLargeError:
+            return "canvas-too-large"
+        for name in sorted(follow_ups):
+            if not self.policy.allows(signer, name):
+                return f"follow-up={name}"
+        return None
 
     def inspect(self, message: Any, body: Any) -> str | None:
         """Check a kombu message as the strategy receives it; log and return the reason."""
