@@ -286,3 +286,32 @@ def tls_args(pki: PKI) -> dict[str, Any]:
         "broker_cert": pki.client.cert,
         "broker_key": pki.client.key,
     }
+
+
+def test_two_store_certificates_with_one_cn_are_refused(pki: PKI) -> None:
+    # signer-client from the kit CA and a "signer-client" from another CA.
+    store = pki.new_store("dup-cn", pki.worker, pki.client, pki.rogue)
+    with pytest.raises(CertStoreError, match="same CN 'signer-client'"):
+        harden(make_app(), pki, cert_store=store)
+    harden(make_app(), pki, cert_store=pki.new_store("one-cn", pki.worker, pki.client))
+
+
+def test_group_writable_store_directory_is_refused(pki: PKI) -> None:
+    store = pki.new_store("loose", pki.worker, pki.client)
+    store.chmod(0o775)
+    with pytest.raises(CertStoreError, match="writable by group/others"):
+        harden(make_app(), pki, cert_store=store)
+    store.chmod(0o755)
+    harden(make_app(), pki, cert_store=store)
+
+
+def test_store_symlink_into_a_writable_directory_is_refused(pki: PKI, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    target = shared / "planted.pem"
+    target.write_bytes(pki.other.cert.read_bytes())
+    store = pki.new_store("linked", pki.worker, pki.client)
+    (store / "planted.pem").symlink_to(target)
+    with pytest.raises(CertStoreError, match="writable by group/others"):
+        harden(make_app(), pki, cert_store=store)
