@@ -238,6 +238,18 @@ def test_changed_expires_is_rejected(kit: Kit) -> None:
     assert kit.rejected(kit.client.publish(attack)) == "header-mismatch:expires"
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("argsrepr", "('harmless',)"), ("kwargsrepr", "{'shown': 1}"), ("origin", "gen1@trusted"),
+     ("ignore_result", True)],
+)  # fmt: skip
+def test_changed_informational_header_is_rejected(kit: Kit, header: str, value: Any) -> None:
+    msg = kit.client.signed("kit.safe", ("secret-args",))
+    assert kit.rejected(kit.client.publish(msg.copy(**{header: value}))) == (
+        f"header-mismatch:{header}"
+    )
+
+
 def test_envelope_naming_another_signer_is_rejected(kit: Kit) -> None:
     # signer-other signs, but claims to be signer-client inside the message.
     msg = kit.other.signed("kit.safe", ("x",), envelope_signer=kit.pki.client.fingerprint)

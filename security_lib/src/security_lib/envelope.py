@@ -49,8 +49,10 @@ MAX_TIMESTAMP: Final = 10_000_000_000.0  # 2286
 #: ``replaced_task_nesting`` (Celery re-sends a retried/replaced task with the
 #: same id; they keep those messages distinct), ``shadow`` (the name shown in
 #: logs), ``timelimit`` (an attacker must not lift time limits), ``group``,
-#: ``root_id``, ``parent_id`` (workflow bookkeeping). ``argsrepr``/
-#: ``kwargsrepr``/``origin`` are informational and left out.
+#: ``root_id``, ``parent_id`` (workflow bookkeeping), ``argsrepr``/
+#: ``kwargsrepr``/``origin`` (what logs, events and failure reports show: a
+#: captured message must not show fake arguments), ``ignore_result`` (changes
+#: behaviour). The AMQP *properties* ``reply_to`` and ``priority`` are not bound.
 BOUND_HEADERS: Final = (
     "task",
     "id",
@@ -63,6 +65,10 @@ BOUND_HEADERS: Final = (
     "group",
     "root_id",
     "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
 )
 
 _MARK: Final = "__security_lib_sealer__"
