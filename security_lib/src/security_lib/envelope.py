@@ -80,6 +80,8 @@ def normalize(value: Any) -> Any:
     Headers cross AMQP tables and the envelope crosses JSON; comparing both in
     JSON form avoids false mismatches such as ``(None, None)`` vs ``[None, None]``.
     """
+    if value is None or isinstance(value, (str, int)):  # bool is an int: unchanged by JSON
+        return value  # the common case, without the round trip (per header, per message)
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
