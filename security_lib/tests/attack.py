@@ -78,6 +78,7 @@ class Forger:
 
     app: Celery
     signer: Issued | None
+    routing_key: str = "celery"
     sent: list[Message] = field(default_factory=list)
 
     def serializer(self) -> KitSerializer:
@@ -95,6 +96,7 @@ class Forger:
         envelope: bool = True,
         ts: float | None = None,
         envelope_signer: str | None = None,
+        route: list[str] | None = None,
         **options: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
         task_id = str(uuid.uuid4())
@@ -103,7 +105,9 @@ class Forger:
         )
         if envelope:
             fp = envelope_signer or (self.signer.fingerprint if self.signer else "")
-            body[2]["security_lib"] = make_envelope(headers, fp, now=ts)
+            body[2]["security_lib"] = make_envelope(
+                headers, fp, now=ts, route=route or ["", self.routing_key]
+            )
         return headers, properties, body
 
     def signed(self, name: str, args: tuple[Any, ...] = (), **kwargs: Any) -> Message:
@@ -116,7 +120,7 @@ class Forger:
             producer.publish(
                 message.payload,
                 exchange="",
-                routing_key="celery",
+                routing_key=self.routing_key,
                 headers=copy.deepcopy(message.headers),
                 content_type=message.content_type,
                 content_encoding="utf-8" if message.content_type != "binary" else "binary",

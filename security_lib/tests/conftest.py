@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import rabbitmq as rabbitmq_container
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -140,3 +142,18 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     for item in (worker, client, other):
         (store / item.cert.name).write_bytes(item.cert.read_bytes())
     return PKI(root, ca, other_ca, worker, client, other, rogue, store)
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[rabbitmq_container.RabbitMQ]:
+    """A real RabbitMQ on 127.0.0.1 (Docker); skipped without an engine unless required."""
+    why = rabbitmq_container.docker_available()
+    if why is not None:
+        if os.environ.get("SECLIB_REQUIRE_DOCKER") == "1":
+            pytest.fail(f"SECLIB_REQUIRE_DOCKER=1 but {why}")
+        pytest.skip(f"needs a Docker engine to run a real RabbitMQ ({why})")
+    broker = rabbitmq_container.start()
+    try:
+        yield broker
+    finally:
+        broker.remove()

@@ -113,3 +113,40 @@ def test_console_entry_point_parses(argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 0
+
+
+def test_audit_fails_a_broker_url_override_from_the_environment(tmp_path: Path, pki: PKI) -> None:
+    """CELERY_BROKER_URL wins over the app's broker_url after harden(): the audit sees it."""
+    name = write_app(tmp_path, pki)
+    assert run_audit(tmp_path, "--app", f"{name}:app").returncode == 0  # the positive twin
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{tmp_path}"}
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "security_lib", "audit", "--app", f"{name}:app"],
+        cwd=tmp_path,
+        env={**env, "CELERY_BROKER_URL": "memory://"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "transport 'memory'" in done.stdout
+
+
+def test_worker_refuses_to_start_with_a_broker_override(tmp_path: Path, pki: PKI) -> None:
+    """`celery -b memory://` after harden(): the real worker stops before it consumes."""
+    name = write_app(tmp_path, pki)
+    env = {**os.environ, "PYTHONPATH": f"{SRC}{os.pathsep}{tmp_path}"}
+    command = [sys.executable, "-m", "celery", "-A", f"{name}:app"]
+    worker = ["worker", "-P", "solo", "--without-gossip", "--without-mingle", "--without-heartbeat"]
+    done = subprocess.run(  # noqa: S603 - our own interpreter and module
+        [*command, "-b", "memory://", *worker],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "transport 'memory'" in done.stdout + done.stderr
+    assert "security_lib gate active" not in done.stdout + done.stderr

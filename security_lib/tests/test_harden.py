@@ -269,3 +269,49 @@ def test_publish_fails_closed_if_auth_serializer_was_replaced(pki: PKI) -> None:
             app.send_task("kit.anything")
     finally:
         harden(app, pki)
+
+
+@pytest.mark.parametrize("query", ["?ssl=1", "?ssl_cert_reqs=0", "?ssl=true&x=1"])
+def test_url_query_that_overrides_tls_options_is_refused(pki: PKI, query: str) -> None:
+    app = make_app(f"amqps://kit-broker:5671/kit{query}")
+    with pytest.raises(BrokerTLSError, match=r"broker_url: .*query.*ssl"):
+        harden(app, pki, **tls_args(pki))
+    assert app.conf.task_serializer != "auth"  # nothing applied
+
+
+def tls_args(pki: PKI) -> dict[str, Any]:
+    return {
+        "allow_insecure_broker": False,
+        "broker_ca": pki.ca.pem,
+        "broker_cert": pki.client.cert,
+        "broker_key": pki.client.key,
+    }
+
+
+def test_two_store_certificates_with_one_cn_are_refused(pki: PKI) -> None:
+    # signer-client from the kit CA and a "signer-client" from another CA.
+    store = pki.new_store("dup-cn", pki.worker, pki.client, pki.rogue)
+    with pytest.raises(CertStoreError, match="same CN 'signer-client'"):
+        harden(make_app(), pki, cert_store=store)
+    harden(make_app(), pki, cert_store=pki.new_store("one-cn", pki.worker, pki.client))
+
+
+def test_group_writable_store_directory_is_refused(pki: PKI) -> None:
+    store = pki.new_store("loose", pki.worker, pki.client)
+    store.chmod(0o775)
+    with pytest.raises(CertStoreError, match="writable by group/others"):
+        harden(make_app(), pki, cert_store=store)
+    store.chmod(0o755)
+    harden(make_app(), pki, cert_store=store)
+
+
+def test_store_symlink_into_a_writable_directory_is_refused(pki: PKI, tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    target = shared / "planted.pem"
+    target.write_bytes(pki.other.cert.read_bytes())
+    store = pki.new_store("linked", pki.worker, pki.client)
+    (store / "planted.pem").symlink_to(target)
+    with pytest.raises(CertStoreError, match="writable by group/others"):
+        harden(make_app(), pki, cert_store=store)

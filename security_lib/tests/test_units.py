@@ -50,7 +50,7 @@ def test_replay_cache_forgets_only_what_has_expired() -> None:
 
 def test_replay_cache_fails_closed_when_full() -> None:
     clock = Clock()
-    cache = ReplayCache(60, 5, max_entries=2, clock=clock)
+    cache = ReplayCache(60, 5, max_per_signer=2, clock=clock)
     assert cache.check(1, clock.now) is None
     assert cache.check(2, clock.now) is None
     assert cache.check(3, clock.now) == "replay-cache-full"

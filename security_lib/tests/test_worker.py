@@ -238,6 +238,18 @@ def test_changed_expires_is_rejected(kit: Kit) -> None:
     assert kit.rejected(kit.client.publish(attack)) == "header-mismatch:expires"
 
 
+@pytest.mark.parametrize(
+    ("header", "value"),
+    [("argsrepr", "('harmless',)"), ("kwargsrepr", "{'shown': 1}"), ("origin", "gen1@trusted"),
+     ("ignore_result", True)],
+)  # fmt: skip
+def test_changed_informational_header_is_rejected(kit: Kit, header: str, value: Any) -> None:
+    msg = kit.client.signed("kit.safe", ("secret-args",))
+    assert kit.rejected(kit.client.publish(msg.copy(**{header: value}))) == (
+        f"header-mismatch:{header}"
+    )
+
+
 def test_envelope_naming_another_signer_is_rejected(kit: Kit) -> None:
     # signer-other signs, but claims to be signer-client inside the message.
     msg = kit.other.signed("kit.safe", ("x",), envelope_signer=kit.pki.client.fingerprint)
@@ -270,6 +282,52 @@ def test_message_older_than_window_is_rejected(kit: Kit) -> None:
 def test_message_from_the_future_is_rejected(kit: Kit) -> None:
     msg = kit.client.signed("kit.safe", ("future",), ts=time.time() + 3600)
     assert kit.rejected(kit.client.publish(msg)) == "future-envelope"
+
+
+def test_copy_published_to_another_route_is_rejected(kit: Kit) -> None:
+    # Signed for another worker's queue, re-published into this one.
+    msg = kit.client.signed("kit.safe", ("elsewhere",), route=["jobs", "other-node"])
+    assert kit.rejected(kit.client.publish(msg)) == "route-mismatch"
+    # The positive twin: the same kind of message signed for this queue runs.
+    ok = kit.client.publish(kit.client.signed("kit.safe", ("here",), route=["", "celery"]))
+    kit.wait_ran(ok.id)
+
+
+# --- canvas: everything a message can make run ------------------------------
+
+
+def _sig(kit: Kit, name: str, **kwargs: Any) -> dict[str, Any]:
+    return dict(kit.app.signature(name, kwargs=kwargs))
+
+
+@pytest.mark.parametrize(
+    "option",
+    ["callbacks", "errbacks", "chain", "chord", "nested"],
+)
+def test_follow_up_the_signer_may_not_run_is_refused(kit: Kit, option: str) -> None:
+    """signer-client may run kit.safe, not kit.dangerous: not as a link, chain, chord either."""
+    bad = _sig(kit, "kit.dangerous", x="via-" + option)
+    table: dict[str, dict[str, Any]] = {
+        "callbacks": {"callbacks": [bad]},
+        "errbacks": {"errbacks": [bad]},
+        "chain": {"chain": [bad]},
+        "chord": {"chord": bad},
+        # a signature hidden in the kwargs of an allowed callback
+        "nested": {"callbacks": [_sig(kit, "kit.safe", x=_sig(kit, "kit.dangerous"))]},
+    }
+    options = table[option]
+    msg = kit.client.publish(kit.client.signed("kit.safe", ("canvas",), **options))
+    assert kit.rejected(msg) == "signer-not-allowed"
+    assert not any(name == "kit.dangerous" for name, _, _ in RAN)
+
+
+def test_allowed_follow_up_runs(kit: Kit) -> None:
+    """The positive twin: a link to a task the signer may run is accepted and runs."""
+    msg = kit.client.publish(
+        kit.client.signed("kit.safe", ("first",), callbacks=[_sig(kit, "kit.safe")])
+    )
+    kit.wait_ran(msg.id)
+    wait_for(lambda: sum(1 for name, _, x in RAN if name == "kit.safe" and x == "first") == 2)
 
 
 # --- allowlist ----------------------------------------------------------------

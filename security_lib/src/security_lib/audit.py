@@ -27,7 +27,7 @@ from .files import check_private_key_file
 from .gate import GateStep, gate_for
 from .hardening import Hardening, hardening_of
 from .serializer import DIGESTS, registered_auth_is_kit
-from .settings import broker_urls, verify_applied
+from .settings import broker_urls, check_broker_connections, verify_applied
 
 __all__ = ["AuditCheck", "audit", "main"]
 
@@ -80,6 +80,10 @@ def _signing(app: Any, h: Hardening) -> AuditCheck:
 
 
 def _broker(app: Any, h: Hardening) -> AuditCheck:
+    if h.broker_ssl is not None:
+        # The connections Celery will really open, after CELERY_BROKER_URL, -b
+        # and URL query options (raises BrokerTLSError: reported as FAIL).
+        check_broker_connections(app, h.broker_ssl)
     plain = [u for u in broker_urls(app.conf) if urlsplit(u).scheme != "amqps"]
     opts = app.conf.get("broker_use_ssl")
     if plain:

@@ -229,6 +229,17 @@ def load_cert_store(
         if warning:
             warnings.append(warning)
         identity = identity_of(cert)
+        same_cn = next(
+            (e for e in entries.values() if e.identity.common_name == identity.common_name), None
+        )
+        if same_cn is not None:
+            # The allowlist names signers by CN: two certificates with one CN (one
+            # maybe from another CA) would both get that CN's rights.
+            raise CertStoreError(
+                setting,
+                f"{path} and {same_cn.path} have the same CN {identity.common_name!r}",
+                "keep one certificate per signer CN in the store (remove the old or foreign one)",
+            )
         if identity.celery_id in entries:
             raise CertStoreError(
                 setting,

@@ -16,6 +16,7 @@ has been merged) right before kombu serializes and signs the body.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final
@@ -31,19 +32,27 @@ __all__ = [
     "install_sealer",
     "make_envelope",
     "parse_envelope",
+    "route_of",
 ]
 
 #: Key of the envelope inside the protocol 2 ``embed`` mapping.
 ENVELOPE_KEY: Final = "security_lib"
-ENVELOPE_VERSION: Final = 1
+#: Version 2 added the route (exchange, routing key); version 1 envelopes are refused.
+ENVELOPE_VERSION: Final = 2
+
+#: Timestamps outside this range (seconds since the epoch) are absurd: refused.
+MIN_TIMESTAMP: Final = 1_000_000_000.0  # 2001
+MAX_TIMESTAMP: Final = 10_000_000_000.0  # 2286
 
 #: Headers bound into the signature. ``task`` (what runs), ``id`` (replay key,
 #: result routing), ``eta``/``expires`` (when), ``retries`` and
 #: ``replaced_task_nesting`` (Celery re-sends a retried/replaced task with the
 #: same id; they keep those messages distinct), ``shadow`` (the name shown in
 #: logs), ``timelimit`` (an attacker must not lift time limits), ``group``,
-#: ``root_id``, ``parent_id`` (workflow bookkeeping). ``argsrepr``/
-#: ``kwargsrepr``/``origin`` are informational and left out.
+#: ``root_id``, ``parent_id`` (workflow bookkeeping), ``argsrepr``/
+#: ``kwargsrepr``/``origin`` (what logs, events and failure reports show: a
+#: captured message must not show fake arguments), ``ignore_result`` (changes
+#: behaviour). The AMQP *properties* ``reply_to`` and ``priority`` are not bound.
 BOUND_HEADERS: Final = (
     "task",
     "id",
@@ -56,6 +65,10 @@ BOUND_HEADERS: Final = (
     "group",
     "root_id",
     "parent_id",
+    "argsrepr",
+    "kwargsrepr",
+    "origin",
+    "ignore_result",
 )
 
 _MARK: Final = "__security_lib_sealer__"
@@ -67,33 +80,54 @@ def normalize(value: Any) -> Any:
     Headers cross AMQP tables and the envelope crosses JSON; comparing both in
     JSON form avoids false mismatches such as ``(None, None)`` vs ``[None, None]``.
     """
+    if value is None or isinstance(value, (str, int)):  # bool is an int: unchanged by JSON
+        return value  # the common case, without the round trip (per header, per message)
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
 class Envelope:
     """A parsed envelope (the signed copy of the bound headers)."""
 
-    __slots__ = ("headers", "signer", "timestamp")
+    __slots__ = ("headers", "route", "signer", "timestamp")
 
-    def __init__(self, headers: Mapping[str, Any], signer: str, timestamp: float) -> None:
+    def __init__(
+        self, headers: Mapping[str, Any], signer: str, timestamp: float, route: list[str]
+    ) -> None:
         self.headers = headers
         self.signer = signer
         self.timestamp = timestamp
+        self.route = route
+
+
+def route_of(exchange: Any, routing_key: Any) -> list[str]:
+    """Return the destination as bound: ``[exchange name, routing key]`` ('' for none)."""
+    name = getattr(exchange, "name", exchange)
+    return [str(name or ""), str(routing_key or "")]
 
 
 def make_envelope(
-    headers: Mapping[str, Any], signer_fingerprint: str, now: float | None = None
+    headers: Mapping[str, Any],
+    signer_fingerprint: str,
+    now: float | None = None,
+    *,
+    route: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Build the envelope for ``headers`` (a plain JSON-able dict)."""
+    """Build the envelope for ``headers`` (a plain JSON-able dict) sent to ``route``."""
     return {
         "v": ENVELOPE_VERSION,
         "signer": signer_fingerprint,
         "ts": time.time() if now is None else now,
+        "route": route or ["", ""],
         "headers": {name: normalize(headers.get(name)) for name in BOUND_HEADERS},
     }
 
 
-def seal_body(body: Any, headers: Mapping[str, Any], signer_fingerprint: str) -> None:
+def seal_body(
+    body: Any,
+    headers: Mapping[str, Any],
+    signer_fingerprint: str,
+    route: list[str] | None = None,
+) -> None:
     """Insert the envelope into a protocol 2 body ``(args, kwargs, embed)`` in place."""
     if not (
         isinstance(body, (tuple, list))
@@ -105,7 +139,7 @@ def seal_body(body: Any, headers: Mapping[str, Any], signer_fingerprint: str) ->
             "the message body is not Celery protocol 2 ([args, kwargs, embed])",
             "leave task_protocol at 2 (harden() sets it)",
         )
-    body[2][ENVELOPE_KEY] = make_envelope(headers, signer_fingerprint)
+    body[2][ENVELOPE_KEY] = make_envelope(headers, signer_fingerprint, route=route)
 
 
 def parse_envelope(body: Any) -> Envelope | None:
@@ -116,15 +150,22 @@ def parse_envelope(body: Any) -> Envelope | None:
     if not isinstance(raw, dict) or raw.get("v") != ENVELOPE_VERSION:
         return None
     headers, signer, ts = raw.get("headers"), raw.get("signer"), raw.get("ts")
+    route = raw.get("route")
     if (
         not isinstance(headers, dict)
         or set(headers) != set(BOUND_HEADERS)
         or not isinstance(signer, str)
         or not isinstance(ts, (int, float))
         or isinstance(ts, bool)
+        # NaN/inf would never expire; a date before 2001 or after 2286 is no clock.
+        or not math.isfinite(ts)
+        or not MIN_TIMESTAMP <= ts <= MAX_TIMESTAMP
+        or not isinstance(route, list)
+        or len(route) != 2  # noqa: PLR2004 - exchange and routing key
+        or not all(isinstance(part, str) for part in route)
     ):
         return None
-    return Envelope(headers=headers, signer=signer, timestamp=float(ts))
+    return Envelope(headers=headers, signer=signer, timestamp=float(ts), route=route)
 
 
 def first_mismatch(envelope: Envelope, headers: Mapping[str, Any]) -> str | None:
@@ -163,8 +204,38 @@ def install_sealer(amqp: Any, signer_fingerprint: Callable[[], str]) -> None:
             # Celery merges these into the message headers; do it first so the
             # envelope binds the values that are actually published.
             message_headers.update(headers)
-        seal_body(body, message_headers, signer_fingerprint())
-        return original(producer, name, message, *args, **kwargs)
+        # Celery resolves the final exchange and routing key inside
+        # send_task_message; the producer's publish() sees them, so the body
+        # is sealed there, right before kombu serializes and signs it.
+        return original(
+            _SealingProducer(producer, signer_fingerprint, body), name, message, *args, **kwargs
+        )
 
     setattr(send_task_message, _MARK, True)
     amqp.send_task_message = send_task_message
+
+
+class _SealingProducer:
+    """A kombu Producer proxy whose ``publish`` seals the body for its final destination."""
+
+    __slots__ = ("_body", "_fingerprint", "_inner")
+
+    def __init__(self, inner: Any, fingerprint: Callable[[], str], body: Any) -> None:
+        self._inner = inner
+        self._fingerprint = fingerprint
+        self._body = body
+
+    def publish(self, body: Any, *args: Any, **kwargs: Any) -> Any:
+        """Seal the task body with the headers, exchange and routing key it is published with.
+
+        Anything else published through this producer (the ``task-sent``
+        event) passes unchanged.
+        """
+        if body is self._body:
+            headers = kwargs.get("headers") or {}
+            route = route_of(kwargs.get("exchange"), kwargs.get("routing_key"))
+            seal_body(body, headers, self._fingerprint(), route)
+        return self._inner.publish(body, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)

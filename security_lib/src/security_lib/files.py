@@ -74,6 +74,17 @@ def check_private_key_file(path: str | os.PathLike[str], setting: str) -> Path:
     return p
 
 
+def _check_store_dir(directory: Path, setting: str) -> None:
+    """Refuse a store directory that group or others can write (they could add a signer)."""
+    mode = stat.S_IMODE(directory.stat().st_mode)
+    if mode & 0o022:
+        raise CertStoreError(
+            setting,
+            f"{directory} has mode {mode:04o} (writable by group/others, who could add a signer)",
+            f"chmod go-w {directory}",
+        )
+
+
 def expand_cert_store(spec: str | os.PathLike[str], setting: str = "cert_store") -> list[Path]:
     """Expand a cert store (a directory or a glob) exactly the way Celery does.
 
@@ -83,6 +94,7 @@ def expand_cert_store(spec: str | os.PathLike[str], setting: str = "cert_store")
     """
     text = os.fspath(spec)
     if Path(text).is_dir():
+        _check_store_dir(Path(text), setting)
         pattern = str(Path(text) / "*")
     elif glob.has_magic(text):
         pattern = text
@@ -93,6 +105,15 @@ def expand_cert_store(spec: str | os.PathLike[str], setting: str = "cert_store")
             "create the directory of signer certificates or use a pattern like /dir/*.pem",
         )
     paths = sorted(Path(p) for p in glob.glob(pattern))  # noqa: PTH207 - same call as Celery
+    for path in paths:
+        if path.is_symlink():
+            # Whoever can point the link elsewhere chooses what is trusted:
+            # the target must live in a directory others cannot write either.
+            _check_store_dir(path.resolve().parent, setting)
+        if not path.resolve().is_file():
+            raise CertStoreError(
+                setting, f"{path} is not a regular file", f"remove {path} from the store"
+            )
     if not paths:
         raise CertStoreError(
             setting,

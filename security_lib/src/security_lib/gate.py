@@ -33,11 +33,14 @@ from typing import TYPE_CHECKING, Any, Final
 
 from celery import bootsteps
 
-from .envelope import first_mismatch, parse_envelope
+from .envelope import first_mismatch, parse_envelope, route_of
 from .errors import SecurityConfigError
+from .policy import CanvasTooLargeError, tasks_a_message_can_run
 from .serializer import AUTH_CONTENT_TYPE, VerificationError
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from .certs import SignerIdentity
     from .policy import SignerPolicy
     from .replay import ReplayCache
@@ -64,8 +67,9 @@ REASONS: Final[Mapping[str, str]] = {
     "signer-not-allowed": "the allowlist does not let this signer run this task",
     "expired-envelope": "older than replay_window (+ clock_skew)",
     "future-envelope": "dated further in the future than clock_skew",
-    "replay": "the same message (task id, retries, replace nesting) was already accepted",
-    "replay-cache-full": "the replay cache is full; fail closed",
+    "route-mismatch": "delivered through another exchange/routing key than it was signed for",
+    "replay": "a copy of a message already run, or a second copy (not a broker redelivery)",
+    "replay-cache-full": "this signer filled its share of the replay cache; fail closed",
     "gate-error": "internal error while checking; fail closed",
     "unknown-task": "no such task registered on this worker (Celery rejects it; logged by the kit)",
     "unknown-message": "not a task message (Celery rejects it; logged by the kit)",
@@ -74,6 +78,7 @@ REASONS: Final[Mapping[str, str]] = {
 }
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
+_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9._@-]")
 _MARK: Final = "__security_lib_gate__"
 
 
@@ -88,16 +93,29 @@ class Gate:
     """The checks applied to every incoming task message."""
 
     def __init__(
-        self, serializer: KitSerializer, policy: SignerPolicy, replay: ReplayCache
+        self,
+        serializer: KitSerializer,
+        policy: SignerPolicy,
+        replay: ReplayCache,
+        state_dir: Path | None = None,
     ) -> None:
         self.serializer = serializer
         self.policy = policy
         self.replay = replay
+        self.state_dir = state_dir
 
     def check(  # noqa: PLR0911 - one early return per rejection reason
-        self, headers: Mapping[str, Any] | None, content_type: str | None, payload: Any
+        self,
+        headers: Mapping[str, Any] | None,
+        content_type: str | None,
+        payload: Any,
+        delivery_info: Mapping[str, Any] | None = None,
     ) -> tuple[str | None, SignerIdentity | None, str]:
-        """Return ``(reason, signer, detail)``; ``reason`` is None when the message may run."""
+        """Return ``(reason, signer, detail)``; ``reason`` is None when the message may run.
+
+        ``delivery_info`` is kombu's (exchange, routing key, redelivered flag):
+        the broker sets it, the publisher cannot.
+        """
         if not isinstance(headers, Mapping) or "task" not in headers or "id" not in headers:
             return "unsupported-protocol", None, ""
         if (content_type or AUTH_CONTENT_TYPE) != AUTH_CONTENT_TYPE:
@@ -117,16 +135,39 @@ class Gate:
         field = first_mismatch(envelope, headers)
         if field is not None:
             return f"header-mismatch:{field}", signer, ""
+        info: Mapping[str, Any] = delivery_info if isinstance(delivery_info, Mapping) else {}
+        route = route_of(info.get("exchange"), info.get("routing_key"))
+        if route != envelope.route:
+            return "route-mismatch", signer, f"signed-for={'/'.join(envelope.route)}"
         task_name = str(headers["task"])
         if not self.policy.allows(signer, task_name):
             return "signer-not-allowed", signer, ""
-        key = (
-            str(headers["id"]),
-            str(headers.get("retries")),
-            str(headers.get("replaced_task_nesting")),
+        # Everything the message can make run afterwards or around it (links,
+        # errbacks, chains, chords, canvases in celery.* arguments) must be
+        # allowed for the signer of *this* message, before anything runs.
+        refused = self.follow_up_refused(signer, verified.data)
+        if refused is not None:
+            return "signer-not-allowed", signer, refused
+        reason = self.replay.check(
+            replay_key(headers),
+            envelope.timestamp,
+            signer=signer.fingerprint,
+            redelivered=info.get("redelivered") is True,
         )
-        reason = self.replay.check(key, envelope.timestamp)
         return reason, signer, ""
+
+    def follow_up_refused(self, signer: SignerIdentity, body: Any) -> str | None:
+        """Return a detail if ``body`` can make run a task ``signer`` may not run."""
+        if self.policy.allow_any:
+            return None
+        try:
+            follow_ups = tasks_a_message_can_run(body)
+        except CanvasTooLargeError:
+            return "canvas-too-large"
+        for name in sorted(follow_ups):
+            if not self.policy.allows(signer, name):
+                return f"follow-up={name}"
+        return None
 
     def inspect(self, message: Any, body: Any) -> str | None:
         """Check a kombu message as the strategy receives it; log and return the reason."""
@@ -139,7 +180,10 @@ class Gate:
                 reason, signer, detail = "unsupported-protocol", None, ""
             else:
                 reason, signer, detail = self.check(
-                    headers, getattr(message, "content_type", None), getattr(message, "body", None)
+                    headers,
+                    getattr(message, "content_type", None),
+                    getattr(message, "body", None),
+                    getattr(message, "delivery_info", None),
                 )
         except Exception:
             logger.exception("security_lib gate failed while checking a message")
@@ -151,6 +195,15 @@ class Gate:
             hdrs = body  # protocol 1 carries task and id in the (already decoded) body
         log_rejection(reason, hdrs.get("task"), hdrs.get("id"), signer, detail)
         return reason
+
+
+def replay_key(headers: Mapping[str, Any]) -> tuple[str, str, str]:
+    """Return the replay key of a task message (Celery re-sends retries with the same id)."""
+    return (
+        str(headers["id"]),
+        str(headers.get("retries")),
+        str(headers.get("replaced_task_nesting")),
+    )
 
 
 _GATES: weakref.WeakKeyDictionary[Any, Gate] = weakref.WeakKeyDictionary()
@@ -177,6 +230,8 @@ def gated_strategy(inner: StrategyHandler, gate: Gate, consumer: Any) -> Strateg
     """Wrap one task strategy so that :meth:`Gate.inspect` runs first."""
     connection_errors = consumer.connection_errors
 
+    replay = gate.replay
+
     def task_message_handler(
         message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, *args: Any, **kwargs: Any
     ) -> Any:
@@ -184,7 +239,25 @@ def gated_strategy(inner: StrategyHandler, gate: Gate, consumer: Any) -> Strateg
             # requeue=False: dead-lettered or dropped by the broker, never redelivered.
             reject(logger, connection_errors, False)  # noqa: FBT003 - Celery's positional API
             return None
-        return inner(message, body, ack, reject, callbacks, *args, **kwargs)
+        key = replay_key(message.headers)
+
+        # Celery acknowledges when the task starts (acks_late: when it ends) and
+        # rejects with requeue=False for good: from then on a copy is a replay.
+        # Marked before the broker call: if the ack is lost with the connection,
+        # the broker's redelivery of a task that already started is refused.
+        def on_ack(*a: Any, **kw: Any) -> Any:
+            replay.done(key)
+            return ack(*a, **kw)
+
+        def on_reject(*a: Any, **kw: Any) -> Any:
+            requeue = kw.get("requeue", a[2] if len(a) > 2 else False)  # noqa: PLR2004
+            if requeue:
+                replay.requeued(key)
+            else:
+                replay.done(key)
+            return reject(*a, **kw)
+
+        return inner(message, body, on_ack, on_reject, callbacks, *args, **kwargs)
 
     setattr(task_message_handler, _MARK, True)
     return task_message_handler
@@ -210,6 +283,12 @@ def _logged_rejection(handler: Callable[..., Any], reason: str) -> Callable[...,
 
     setattr(wrapper, _MARK, True)
     return wrapper
+
+
+def journal_name(consumer: Any) -> str:
+    """Return the replay journal's file name for this worker node (one file per node name)."""
+    node = _FILE_UNSAFE.sub("_", str(getattr(consumer, "hostname", None) or "worker"))
+    return f"replay-{node[:200]}.jsonl"
 
 
 def log_rejection(
@@ -241,7 +320,12 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
 
     def start(self, c: Any) -> None:
         """Wrap the strategies Celery just (re)built."""
-        from .settings import verify_applied  # noqa: PLC0415 - avoid an import cycle
+        from .hardening import hardening_of  # noqa: PLC0415 - avoid an import cycle
+        from .settings import (  # noqa: PLC0415
+            check_broker_connection,
+            check_broker_connections,
+            verify_applied,
+        )
 
         gate = gate_for(c.app)
         if gate is None:
@@ -251,6 +335,15 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
                 "call security_lib.harden(app, ...) in the module the worker imports",
             )
         verify_applied(c.app)
+        hardening = hardening_of(c.app)
+        if hardening is not None and hardening.broker_ssl is not None:
+            # After every override (CELERY_BROKER_URL, -b, URL query): the
+            # connection the consumer really opened, and the ones it may open.
+            check_broker_connection(c.connection, hardening.broker_ssl)
+            check_broker_connections(c.app, hardening.broker_ssl)
+        generation = gate.replay.new_connection()
+        if gate.state_dir is not None:
+            gate.replay.open_journal(gate.state_dir / journal_name(c))
         strategies = getattr(c, "strategies", None)
         if not isinstance(strategies, dict):
             raise SecurityConfigError(
@@ -268,4 +361,12 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
             handler = getattr(c, attribute, None)
             if callable(handler) and not getattr(handler, _MARK, False):
                 setattr(c, attribute, _logged_rejection(handler, reason))
-        logger.info("security_lib gate active on %d task(s)", len(strategies))
+        logger.info(
+            "security_lib gate active on %d task(s), connection %d", len(strategies), generation
+        )
+
+    def shutdown(self, c: Any) -> None:
+        """Release the replay journal when the worker stops (kept across reconnects)."""
+        gate = gate_for(c.app)
+        if gate is not None:
+            gate.replay.close()

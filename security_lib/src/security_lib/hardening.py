@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import math
 import os
 import weakref
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from celery.exceptions import ImproperlyConfigured, SecurityError
 
@@ -28,7 +29,7 @@ from .envelope import install_sealer
 from .errors import SecurityConfigError
 from .gate import Gate, install_gate
 from .policy import AllowAnySigner, SignerPolicy
-from .replay import ReplayCache
+from .replay import MAX_CLOCK_SKEW, MAX_REPLAY_WINDOW, ReplayCache, check_state_dir
 from .serializer import (
     KitSerializer,
     active_signer_fingerprint,
@@ -37,6 +38,7 @@ from .serializer import (
 )
 from .settings import (
     broker_tls_settings,
+    check_broker_connections,
     refuse_unsafe_serializer_choices,
     security_settings,
     verify_applied,
@@ -69,6 +71,8 @@ class Hardening:
     cert_store: str
     broker_key: str | None
     warnings: tuple[str, ...] = field(default=())
+    #: The ``broker_use_ssl`` harden() set (None: insecure lab broker allowed).
+    broker_ssl: dict[str, Any] | None = None
 
 
 _STATE: weakref.WeakKeyDictionary[Any, Hardening] = weakref.WeakKeyDictionary()
@@ -79,12 +83,35 @@ def hardening_of(app: Any) -> Hardening | None:
     return _STATE.get(app)
 
 
-def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+def _number(name: str, value: object, *, low: float, high: float, allow_low: bool) -> float:
+    """Return ``value`` as a float if it is a finite number in range, else refuse it."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SecurityConfigError(name, f"{value!r} is not a number", f"pass {name}=<seconds>")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise SecurityConfigError(name, f"{value!r} is out of range", f"pass a positive {name}")
+        raise SecurityConfigError(name, f"{value!r} is not a number", f"pass {name}=<number>")
+    if not math.isfinite(value):
+        raise SecurityConfigError(name, f"{value!r} is not finite", f"pass a finite {name}")
+    if value > high or value < low or (value == low and not allow_low):
+        bound = ">=" if allow_low else ">"
+        raise SecurityConfigError(
+            name, f"{value!r} is out of range", f"pass {name} {bound} {low:g} and <= {high:g}"
+        )
     return float(value)
+
+
+def _replay_numbers(
+    replay_window: object, clock_skew: object, rate: object, cache_size: object
+) -> tuple[float, float, int]:
+    """Return window, skew and the per-signer cache share, refusing absurd values."""
+    window = _number("replay_window", replay_window, low=0, high=MAX_REPLAY_WINDOW, allow_low=False)
+    skew = _number("clock_skew", clock_skew, low=0, high=MAX_CLOCK_SKEW, allow_low=True)
+    per_second = _number("replay_max_rate", rate, low=0, high=1e6, allow_low=False)
+    if cache_size is None:
+        return window, skew, math.ceil(per_second * (window + 2 * skew))
+    share = _number("replay_cache_size", cache_size, low=1, high=1e8, allow_low=True)
+    return window, skew, int(share)
+
+
+#: Default per-signer message rate the replay cache is sized for (messages/s).
+DEFAULT_REPLAY_RATE: Final = 1000.0
 
 
 def harden(
@@ -106,7 +133,9 @@ def harden(
     broker_server_hostname: str | None = None,
     sign_results: bool = False,
     enable_remote_control: bool = False,
-    replay_cache_size: int = 1_000_000,
+    replay_cache_size: int | None = None,
+    replay_state_dir: PathLike | None = None,
+    replay_max_rate: float = DEFAULT_REPLAY_RATE,
 ) -> Hardening:
     """Harden a Celery app: signed tasks with a bound envelope, broker TLS, fail closed.
 
@@ -118,11 +147,20 @@ def harden(
     and the fix. Every check runs before the app is touched, so a refused
     configuration leaves the app unchanged; if Celery's own ``setup_security()``
     fails afterwards, no gate is installed and the worker refuses to start.
+
+    Replay cache: each signer may hold ``replay_cache_size`` entries (default:
+    ``replay_max_rate`` messages/s over ``replay_window + 2 * clock_skew``);
+    ``replay_state_dir`` (the worker's own 0700 directory) keeps it across
+    restarts, in a journal file per worker node name.
     """
     now = dt.datetime.now(dt.timezone.utc)
-    window = _positive("replay_window", replay_window)
-    skew = _positive("clock_skew", clock_skew, allow_zero=True)
-    warn_days = int(_positive("expiry_warning_days", expiry_warning_days, allow_zero=True))
+    window, skew, per_signer = _replay_numbers(
+        replay_window, clock_skew, replay_max_rate, replay_cache_size
+    )
+    warn_days = int(
+        _number("expiry_warning_days", expiry_warning_days, low=0, high=3650, allow_low=True)
+    )
+    state_dir = None if replay_state_dir is None else check_state_dir(replay_state_dir)
     digest_algorithm(digest)
     warnings: list[str] = []
 
@@ -168,6 +206,13 @@ def harden(
         allow_insecure=allow_insecure_broker,
     )
     warnings.extend(broker_warnings)
+    if broker_ssl is not None:
+        check_broker_connections(app, broker_ssl, ssl=broker_ssl)
+    if state_dir is None:
+        warnings.append(
+            "replay_state_dir not set: a worker restart forgets which messages already ran, "
+            "so each message of the last replay_window can be replayed once more"
+        )
 
     # Everything checked: configure.
     password = key_password.encode() if isinstance(key_password, str) else key_password
@@ -194,7 +239,13 @@ def harden(
     verify_applied(app, sign_results=sign_results)
     install_sealer(app.amqp, active_signer_fingerprint)
     install_gate(
-        app, Gate(serializer, policy, ReplayCache(window, skew, max_entries=replay_cache_size))
+        app,
+        Gate(
+            serializer,
+            policy,
+            ReplayCache(window, skew, max_per_signer=per_signer),
+            state_dir=state_dir,
+        ),
     )
     hardening = Hardening(
         signer=me,
@@ -210,6 +261,7 @@ def harden(
         cert_store=os.fspath(cert_store),
         broker_key=None if broker_key is None else os.fspath(broker_key),
         warnings=tuple(warnings),
+        broker_ssl=broker_ssl,
     )
     _STATE[app] = hardening
     for message in warnings:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from .certs import normalize_fingerprint
 from .errors import PolicyError
@@ -19,7 +19,45 @@ from .errors import PolicyError
 if TYPE_CHECKING:
     from .certs import SignerIdentity
 
-__all__ = ["ALLOW_ANY_SIGNER", "AllowAnySigner", "SignerPolicy"]
+__all__ = ["ALLOW_ANY_SIGNER", "AllowAnySigner", "SignerPolicy", "tasks_a_message_can_run"]
+
+#: Bounds on the walk through a message body (a deeper or larger canvas is refused).
+MAX_DEPTH: Final = 32
+MAX_NODES: Final = 100_000
+
+
+class CanvasTooLargeError(ValueError):
+    """The body nests deeper or holds more items than the walk accepts (fail closed)."""
+
+
+def tasks_a_message_can_run(body: Any) -> set[str]:
+    """Return every task name a protocol 2 body can make run besides its own ``task``.
+
+    Celery runs (or publishes, signed with the worker's key) what travels in
+    the body: ``callbacks`` (link), ``errbacks`` (link_error, some called in
+    the worker without a message), ``chain`` and ``chord`` in the embed, and
+    signatures in the arguments of the built-in ``celery.*`` tasks (group,
+    chord, map, starmap, chunks), nested to any depth. Any mapping with a
+    string ``task`` and a ``subtask_type`` or ``options`` key is taken as a
+    signature, wherever it sits (over-approximation: fail closed).
+    Raises :class:`CanvasTooLargeError` beyond :data:`MAX_DEPTH`/:data:`MAX_NODES`.
+    """
+    names: set[str] = set()
+    stack: list[tuple[Any, int]] = [(body, 0)]
+    seen = 0
+    while stack:
+        node, depth = stack.pop()
+        seen += 1
+        if depth > MAX_DEPTH or seen > MAX_NODES:
+            raise CanvasTooLargeError("canvas too deep or too large")
+        if isinstance(node, Mapping):
+            name = node.get("task")
+            if isinstance(name, str) and ("subtask_type" in node or "options" in node):
+                names.add(name)
+            stack.extend((value, depth + 1) for value in node.values())
+        elif isinstance(node, (list, tuple)):
+            stack.extend((value, depth + 1) for value in node)
+    return names
 
 
 class AllowAnySigner:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ssl
 from collections.abc import Callable, Iterable
 from typing import Any, Final
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import registry
@@ -35,6 +35,8 @@ from .files import check_private_key_file, check_readable_file
 __all__ = [
     "UNSAFE_SERIALIZERS",
     "broker_tls_settings",
+    "check_broker_connection",
+    "check_broker_connections",
     "enabled_unsafe_decoders",
     "refuse_unsafe_serializer_choices",
     "security_settings",
@@ -189,6 +191,15 @@ def broker_tls_settings(
             "broker TLS needs the CA bundle, a client certificate and its key",
             "pass broker_ca=, broker_cert= and broker_key= to harden()",
         )
+    for url in urls:
+        overrides = sorted(k for k in parse_qs(urlsplit(url).query) if k.startswith("ssl"))
+        if overrides:
+            raise BrokerTLSError(
+                "broker_url",
+                f"the broker URL sets {', '.join(overrides)} in its query, which kombu applies "
+                "over broker_use_ssl (?ssl=1 means no CA check, no client certificate)",
+                "remove the query options; harden() sets the TLS options",
+            )
     ca = str(check_readable_file(str(broker_ca), "broker_ca"))
     certfile = str(check_readable_file(str(broker_cert), "broker_cert"))
     keyfile = str(check_private_key_file(str(broker_key), "broker_key"))
@@ -246,3 +257,61 @@ def verify_applied(app: Any, *, sign_results: bool | None = None) -> None:
             f"{', '.join(unsafe)} decoding is enabled in kombu's registry",
             "do not call kombu.enable_insecure_serializers(); harden() disables them",
         )
+
+
+def _connection_problem(conn: Any, expected_ssl: Any) -> str | None:
+    """Return what is wrong with one kombu connection, or None if it is the hardened one."""
+    try:
+        driver = conn.transport.driver_type
+    except Exception as exc:  # noqa: BLE001 - an unknown transport is a refusal, not a crash
+        return f"unusable transport ({exc})"
+    if driver != "amqp":
+        return f"transport {driver!r} (not AMQP over TLS)"
+    actual = conn.ssl
+    if not isinstance(actual, dict):
+        return f"ssl={actual!r} (a URL query such as ?ssl=1 replaces broker_use_ssl)"
+    if actual != expected_ssl:
+        changed = sorted(
+            k for k in set(actual) | set(expected_ssl) if actual.get(k) != expected_ssl.get(k)
+        )
+        return f"TLS options differ from what harden() set: {changed}"
+    return None
+
+
+def check_broker_connection(conn: Any, expected_ssl: dict[str, Any]) -> None:
+    """Refuse the consumer's live connection unless it is AMQP with exactly ``expected_ssl``."""
+    problem = _connection_problem(conn, expected_ssl)
+    if problem is not None:
+        raise BrokerTLSError(
+            "broker_url (worker connection)",
+            f"the worker connected to {conn.as_uri()} with {problem}",
+            "remove CELERY_BROKER_URL / -b overrides and URL query options",
+        )
+
+
+def check_broker_connections(app: Any, expected_ssl: dict[str, Any], **kwargs: Any) -> None:
+    """Refuse unless every connection Celery will open is AMQP with exactly ``expected_ssl``.
+
+    Builds (without connecting) the connections Celery itself builds, for
+    reading and writing and for every failover URL, after every override
+    source (``CELERY_BROKER_URL``, ``celery -b``, URL query options) has been
+    applied. ``kwargs`` are passed to Celery's connection factories (``ssl=``
+    before the settings are applied).
+    """
+    for setting, factory in (
+        ("broker_read_url", app.connection_for_read),
+        ("broker_write_url", app.connection_for_write),
+    ):
+        first = factory(**kwargs)
+        urls = list(getattr(first, "alt", None) or [])
+        connections = [factory(url, **kwargs) for url in urls] if urls else [first]
+        for conn in connections:
+            problem = _connection_problem(conn, expected_ssl)
+            if problem is not None:
+                shown = conn.as_uri() if hasattr(conn, "as_uri") else "?"
+                raise BrokerTLSError(
+                    f"broker_url ({setting})",
+                    f"Celery would connect to {shown} with {problem}",
+                    "use amqps://<broker>:5671/<vhost> without query options; set no "
+                    "CELERY_BROKER_URL / -b override; let harden() set broker_use_ssl",
+                )

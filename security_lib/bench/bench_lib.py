@@ -1,6 +1,7 @@
 """Benchmark: per-message cost of signing + verifying, kit vs stock Celery vs JSON vs raw RSA.
 
-Not a test. Run ``python -m security_lib.bench [--iterations N] [--key-size BITS]``.
+Not a test, and not part of the installed package. Run from ``security_lib/``:
+``PYTHONPATH=src python bench/bench_lib.py [--iterations N] [--key-size BITS]``.
 Keys and certificates are generated in memory for the run (RSA 3072 by
 default, as the kit's PKI issues). Each row is one full producer + worker
 round of the serializer work for the same protocol 2 message; ratios are
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -24,12 +26,12 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.x509.oid import NameOID
 from kombu import serialization as kombu_serialization
 
-from .certs import StoreEntry, identity_of
-from .envelope import seal_body
-from .gate import Gate
-from .policy import SignerPolicy
-from .replay import ReplayCache
-from .serializer import KitSerializer
+from security_lib.certs import StoreEntry, identity_of
+from security_lib.envelope import seal_body
+from security_lib.gate import Gate
+from security_lib.policy import SignerPolicy
+from security_lib.replay import ReplayCache
+from security_lib.serializer import KitSerializer
 
 __all__ = ["main", "run"]
 
@@ -145,19 +147,33 @@ def run(iterations: int = 200, key_size: int = 3072, rounds: int = 10) -> list[t
     ident = identity_of(cert)
     entry = StoreEntry(Path("bench.pem"), cert, public, ident)
     kit = KitSerializer(key=key, cert=cert, store={ident.celery_id: entry})
-    gate = Gate(kit, SignerPolicy({"signer-bench": ["proj.tasks.*"]}), ReplayCache(300, 30))
+    policy = SignerPolicy({"signer-bench": ["proj.tasks.*"]})
+    gate = Gate(kit, policy, ReplayCache(300, 30))
+    journal_dir = tempfile.TemporaryDirectory(prefix="seclib-bench-")
+    journaled = ReplayCache(300, 30)
+    journaled.open_journal(Path(journal_dir.name) / "replay-bench.jsonl")
+    gate_with_journal = Gate(kit, policy, journaled)
+    route = ["proj", "proj"]
+    delivery = {"exchange": "proj", "routing_key": "proj", "redelivered": False}
 
     def kit_message(i: int) -> tuple[dict[str, Any], str]:
         hdrs, bdy = _message(f"bench-{i}-{uuid.uuid4()}")
-        seal_body(bdy, hdrs, ident.fingerprint)
+        seal_body(bdy, hdrs, ident.fingerprint, route)
         return hdrs, kit.serialize(bdy)
 
-    def kit_gate(i: int) -> object:
+    def checked(which: Gate, i: int) -> str:
         hdrs, payload = kit_message(i)
-        reason, _, _ = gate.check(hdrs, "application/data", payload)
+        reason, _, _ = which.check(hdrs, "application/data", payload, delivery)
         if reason is not None:
             raise RuntimeError(reason)
+        which.replay.done((hdrs["id"], "0", "0"))  # what the ack hook does
         return payload
+
+    def kit_gate(i: int) -> object:
+        return checked(gate, i)
+
+    def kit_gate_journal(i: int) -> object:
+        return checked(gate_with_journal, i)
 
     def kit_worker(i: int) -> object:
         # As deployed: the gate verifies, then Celery decodes the body twice more
@@ -173,6 +189,7 @@ def run(iterations: int = 200, key_size: int = 3072, rounds: int = 10) -> list[t
             ("stock Celery auth", stock_auth),
             ("kit: envelope+sign+gate", kit_gate),
             ("kit as on a worker (+2 decodes)", kit_worker),
+            ("kit gate + replay journal", kit_gate_journal),
         ],
         iterations,
         rounds,
@@ -198,7 +215,7 @@ def render(rows: Sequence[tuple[str, float]], iterations: int, key_size: int) ->
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark and print the table."""
-    parser = argparse.ArgumentParser(prog="python -m security_lib.bench")
+    parser = argparse.ArgumentParser(prog="bench/bench_lib.py")
     parser.add_argument("--iterations", type=int, default=200)
     parser.add_argument("--key-size", type=int, default=3072)
     args = parser.parse_args(argv)
