@@ -5,8 +5,14 @@ set -euo pipefail
 
 KIT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KIT_CACHE=${KIT_CACHE:-/var/cache/celery-kit}
-KIT_LAB_IMAGE=${KIT_LAB_IMAGE:-celery-kit/debian:bookworm}
-export KIT_LAB_IMAGE
+# The Debian release of the lab's hosts: bookworm (12) or trixie (13).
+KIT_LAB_RELEASE=${KIT_LAB_RELEASE:-bookworm}
+case "$KIT_LAB_RELEASE" in
+  bookworm|trixie) ;;
+  *) echo "error: KIT_LAB_RELEASE must be bookworm or trixie (got '$KIT_LAB_RELEASE')" >&2; exit 2 ;;
+esac
+KIT_LAB_IMAGE=${KIT_LAB_IMAGE:-celery-kit/debian:$KIT_LAB_RELEASE}
+export KIT_LAB_RELEASE KIT_LAB_IMAGE
 
 kit_log() { printf '\n==> %s\n' "$*" >&2; }
 
