@@ -17,7 +17,7 @@ import testinfra
 CREDENTIAL_PATH = "/root/bl-test-password"  # made by prepare.yml, lab only
 KEY = "/root/bl_test_key"
 LYNIS_MIN = 80
-SSH_OPTS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10 -o LogLevel=ERROR"
+SSH_OPTS = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o ConnectTimeout=10"
 
 
 def get_host(name: str) -> testinfra.host.Host:
@@ -175,6 +175,12 @@ def test_pam_faillock_and_pwquality_are_active(hardened):
     # Positive twin: a strong password passes the same PAM stack (dictionary present).
     strong = hardened.run(f"echo pwprobe:{secrets.token_hex(12)}-Aa9 | chpasswd")
     assert strong.rc == 0, strong.stderr
+
+
+def test_existing_password_accounts_are_aged(hardened):
+    # kitadmin got its password before the role ran; login.defs alone would not age it.
+    fields = hardened.check_output("getent shadow kitadmin").split(":")
+    assert fields[4] == "365" and fields[3] == "1", fields[3:6]
 
 
 def test_su_is_restricted_to_its_group(hardened, client):
