@@ -97,6 +97,7 @@ class Forger:
         ts: float | None = None,
         envelope_signer: str | None = None,
         route: list[str] | None = None,
+        root: str | None = None,
         **options: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
         task_id = str(uuid.uuid4())
@@ -106,7 +107,7 @@ class Forger:
         if envelope:
             fp = envelope_signer or (self.signer.fingerprint if self.signer else "")
             body[2]["security_lib"] = make_envelope(
-                headers, fp, now=ts, route=route or ["", self.routing_key]
+                headers, fp, now=ts, route=route or ["", self.routing_key], root=root
             )
         return headers, properties, body
 

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final
 
@@ -26,7 +27,7 @@ from .certs import (
     load_private_key,
 )
 from .envelope import install_sealer
-from .errors import SecurityConfigError
+from .errors import PolicyError, SecurityConfigError
 from .gate import Gate, install_gate
 from .policy import AllowAnySigner, SignerPolicy
 from .replay import MAX_CLOCK_SKEW, MAX_REPLAY_WINDOW, ReplayCache, check_state_dir
@@ -39,13 +40,16 @@ from .serializer import (
 from .settings import (
     broker_tls_settings,
     check_broker_connections,
+    refuse_code_changing_control,
+    refuse_compression,
+    refuse_compression_settings,
     refuse_unsafe_serializer_choices,
     security_settings,
     verify_applied,
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
+    from collections.abc import Mapping
 
 __all__ = ["Hardening", "harden", "hardening_of"]
 
@@ -110,11 +114,38 @@ def _replay_numbers(
     return window, skew, int(share)
 
 
+def _refuse_unsafe_settings(conf: Any, *, enable_remote_control: bool) -> None:
+    """Refuse serializer, compression and remote-control settings the kit cannot gate."""
+    refuse_unsafe_serializer_choices(conf)
+    refuse_code_changing_control(conf, enable_remote_control=enable_remote_control)
+    refuse_compression_settings(conf)
+
+
+def _follow_up_signers(value: object, me: SignerIdentity) -> tuple[str, ...]:
+    """Return the signers whose follow-ups are judged on the original's behalf."""
+    if value is None:
+        return (me.common_name,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise PolicyError(
+            "follow_up_signers",
+            f"expected a list of signer names, got {value!r}",
+            'pass e.g. follow_up_signers=["signer-worker"] (a list, not a string)',
+        )
+    names = tuple(value)
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise PolicyError(
+            "follow_up_signers",
+            f"every entry must be a certificate CN or fingerprint, got {names!r}",
+            "list the workers' signer names",
+        )
+    return names
+
+
 #: Default per-signer message rate the replay cache is sized for (messages/s).
 DEFAULT_REPLAY_RATE: Final = 1000.0
 
 
-def harden(
+def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     app: Any,
     *,
     key: PathLike,
@@ -136,6 +167,7 @@ def harden(
     replay_cache_size: int | None = None,
     replay_state_dir: PathLike | None = None,
     replay_max_rate: float = DEFAULT_REPLAY_RATE,
+    follow_up_signers: Iterable[str] | None = None,
 ) -> Hardening:
     """Harden a Celery app: signed tasks with a bound envelope, broker TLS, fail closed.
 
@@ -152,6 +184,11 @@ def harden(
     ``replay_max_rate`` messages/s over ``replay_window + 2 * clock_skew``);
     ``replay_state_dir`` (the worker's own 0700 directory) keeps it across
     restarts, in a journal file per worker node name.
+
+    ``follow_up_signers`` (default: this process's own certificate CN) are the
+    workers: a message they publish while running a task (chain step, link,
+    errback, retry, replace, chord callback) names the original message, and
+    the gate judges it by the *original* signer and what that message listed.
     """
     now = dt.datetime.now(dt.timezone.utc)
     window, skew, per_signer = _replay_numbers(
@@ -195,8 +232,10 @@ def harden(
         if not any(policy.matches_signer(signer_key, ident) for ident in identities):
             warnings.append(f"allowed_tasks names {signer_key!r}, which matches no store cert")
 
-    # 4. Serializers the app asked for, and the broker.
-    refuse_unsafe_serializer_choices(app.conf)
+    vouchers = _follow_up_signers(follow_up_signers, me)
+
+    # 4. Serializers and compression the app asked for, remote control, the broker.
+    _refuse_unsafe_settings(app.conf, enable_remote_control=enable_remote_control)
     broker_ssl, broker_warnings = broker_tls_settings(
         app.conf,
         broker_ca=None if broker_ca is None else os.fspath(broker_ca),
@@ -236,6 +275,7 @@ def harden(
         ) from exc
     serializer = KitSerializer(key=private_key, cert=certificate, store=store, digest=digest)
     register_kit_serializer(serializer)
+    refuse_compression()
     verify_applied(app, sign_results=sign_results)
     install_sealer(app.amqp, active_signer_fingerprint)
     install_gate(
@@ -245,6 +285,7 @@ def harden(
             policy,
             ReplayCache(window, skew, max_per_signer=per_signer),
             state_dir=state_dir,
+            follow_up_signers=vouchers,
         ),
     )
     hardening = Hardening(

@@ -120,8 +120,10 @@ class SignerPolicy:
                     f"patterns for {signer!r} must be a list of strings, got {patterns!r}",
                     f'write {{"{signer}": ["{patterns!s}"]}} (a list, not a string)',
                 )
+            # An empty list is allowed on purpose: a worker's signer that runs
+            # nothing on its own (its follow-ups are judged by the original signer).
             compiled = tuple(patterns)
-            if not compiled or not all(isinstance(p, str) and p for p in compiled):
+            if not all(isinstance(p, str) and p for p in compiled):
                 raise PolicyError(
                     "allowed_tasks",
                     f"patterns for {signer!r} must be non-empty strings, got {compiled!r}",
