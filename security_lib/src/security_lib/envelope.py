@@ -40,8 +40,10 @@ __all__ = [
 
 #: Key of the envelope inside the protocol 2 ``embed`` mapping.
 ENVELOPE_KEY: Final = "security_lib"
-#: Version 2 added the route (exchange, routing key); version 1 envelopes are refused.
-ENVELOPE_VERSION: Final = 2
+#: Version 2 added the route (exchange, routing key), version 3 the AMQP
+#: properties ``reply_to``, ``correlation_id`` and ``priority``; older
+#: envelopes are refused (upgrade producers and workers together).
+ENVELOPE_VERSION: Final = 3
 
 #: Timestamps outside this range (seconds since the epoch) are absurd: refused.
 MIN_TIMESTAMP: Final = 1_000_000_000.0  # 2001
@@ -104,10 +106,26 @@ def normalize(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
+def bound_properties(properties: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return the AMQP properties bound into the envelope, normalised.
+
+    ``reply_to`` decides where an ``rpc://`` result goes and ``correlation_id``
+    which caller it is matched to; ``priority`` can reorder a queue. Absent
+    and empty are the same (transports fill in defaults differently).
+    """
+    props: Mapping[str, Any] = properties or {}
+    priority = props.get("priority") or 0
+    return {
+        "reply_to": str(props.get("reply_to") or "") or None,
+        "correlation_id": str(props.get("correlation_id") or "") or None,
+        "priority": priority if isinstance(priority, int) else str(priority),
+    }
+
+
 class Envelope:
     """A parsed envelope (the signed copy of the bound headers)."""
 
-    __slots__ = ("headers", "root", "route", "signer", "timestamp")
+    __slots__ = ("headers", "properties", "root", "route", "signer", "timestamp")
 
     def __init__(
         self,
@@ -115,9 +133,12 @@ class Envelope:
         signer: str,
         timestamp: float,
         route: list[str],
+        *,
         root: str | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> None:
         self.headers = headers
+        self.properties = properties if properties is not None else bound_properties(None)
         self.signer = signer
         self.timestamp = timestamp
         self.route = route
@@ -139,6 +160,7 @@ def make_envelope(
     *,
     route: list[str] | None = None,
     root: str | None = None,
+    properties: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Build the envelope for ``headers`` (a plain JSON-able dict) sent to ``route``.
 
@@ -152,6 +174,7 @@ def make_envelope(
         "ts": time.time() if now is None else now,
         "route": route or ["", ""],
         "headers": {name: normalize(headers.get(name)) for name in BOUND_HEADERS},
+        "props": bound_properties(properties),
     }
     if root is not None:
         envelope["root"] = root
@@ -163,7 +186,9 @@ def seal_body(
     headers: Mapping[str, Any],
     signer_fingerprint: str,
     route: list[str] | None = None,
+    *,
     root: str | None = None,
+    properties: Mapping[str, Any] | None = None,
 ) -> None:
     """Insert the envelope into a protocol 2 body ``(args, kwargs, embed)`` in place."""
     if not (
@@ -176,7 +201,9 @@ def seal_body(
             "the message body is not Celery protocol 2 ([args, kwargs, embed])",
             "leave task_protocol at 2 (harden() sets it)",
         )
-    body[2][ENVELOPE_KEY] = make_envelope(headers, signer_fingerprint, route=route, root=root)
+    body[2][ENVELOPE_KEY] = make_envelope(
+        headers, signer_fingerprint, route=route, root=root, properties=properties
+    )
 
 
 def parse_envelope(body: Any) -> Envelope | None:
@@ -187,7 +214,7 @@ def parse_envelope(body: Any) -> Envelope | None:
     if not isinstance(raw, dict) or raw.get("v") != ENVELOPE_VERSION:
         return None
     headers, signer, ts = raw.get("headers"), raw.get("signer"), raw.get("ts")
-    route, root = raw.get("route"), raw.get("root")
+    route, root, props = raw.get("route"), raw.get("root"), raw.get("props")
     if (
         not isinstance(headers, dict)
         or set(headers) != set(BOUND_HEADERS)
@@ -201,16 +228,33 @@ def parse_envelope(body: Any) -> Envelope | None:
         or len(route) != 2  # noqa: PLR2004 - exchange and routing key
         or not all(isinstance(part, str) for part in route)
         or not (root is None or (isinstance(root, str) and root))
+        or not isinstance(props, dict)
+        or set(props) != _PROPERTY_NAMES
     ):
         return None
-    return Envelope(headers=headers, signer=signer, timestamp=float(ts), route=route, root=root)
+    return Envelope(headers, signer, float(ts), route, root=root, properties=props)
 
 
-def first_mismatch(envelope: Envelope, headers: Mapping[str, Any]) -> str | None:
-    """Return the first bound header whose value differs from the signed copy, else None."""
+_PROPERTY_NAMES: Final = frozenset(bound_properties(None))
+
+
+def first_mismatch(
+    envelope: Envelope,
+    headers: Mapping[str, Any],
+    properties: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Return the first bound header (or property) that differs from the signed copy, else None.
+
+    ``properties`` None skips the property comparison (callers that have none,
+    e.g. the benchmark); the worker's gate always passes the message's.
+    """
     for name in BOUND_HEADERS:
         if normalize(headers.get(name)) != envelope.headers.get(name):
             return name
+    if properties is not None:
+        for name, value in bound_properties(properties).items():
+            if value != envelope.properties.get(name):
+                return name
     return None
 
 
@@ -276,7 +320,7 @@ class _SealingProducer:
         if body is self._body:
             headers = kwargs.get("headers") or {}
             route = route_of(kwargs.get("exchange"), kwargs.get("routing_key"))
-            seal_body(body, headers, self._fingerprint(), route, self._root)
+            seal_body(body, headers, self._fingerprint(), route, root=self._root, properties=kwargs)
         return self._inner.publish(body, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -123,13 +123,14 @@ class Gate:
         content_type: str | None,
         payload: Any,
         delivery_info: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> tuple[str | None, SignerIdentity | None, str]:
         """Return ``(reason, signer, detail)``; ``reason`` is None when the message may run.
 
         ``delivery_info`` is kombu's (exchange, routing key, redelivered flag):
         the broker sets it, the publisher cannot.
         """
-        verdict = self.judge(headers, content_type, payload, delivery_info)
+        verdict = self.judge(headers, content_type, payload, delivery_info, properties)
         return verdict.reason, verdict.signer, verdict.detail
 
     def judge(  # noqa: PLR0911 - one early return per rejection reason
@@ -138,6 +139,7 @@ class Gate:
         content_type: str | None,
         payload: Any,
         delivery_info: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> Verdict:
         """Check one message; the verdict also carries its root (see :data:`ROOT_HEADER`)."""
         if not isinstance(headers, Mapping) or "task" not in headers or "id" not in headers:
@@ -159,7 +161,7 @@ class Gate:
             return Verdict("bad-envelope", signer)
         if envelope.signer != signer.fingerprint:
             return Verdict("signer-mismatch", signer)
-        field = first_mismatch(envelope, headers)
+        field = first_mismatch(envelope, headers, properties)
         if field is not None:
             return Verdict(f"header-mismatch:{field}", signer)
         info: Mapping[str, Any] = delivery_info if isinstance(delivery_info, Mapping) else {}
@@ -273,6 +275,7 @@ class Gate:
                     getattr(message, "content_type", None),
                     getattr(message, "body", None),
                     getattr(message, "delivery_info", None),
+                    getattr(message, "properties", None) or {},
                 )
         except Exception:
             logger.exception("security_lib gate failed while checking a message")
