@@ -365,3 +365,22 @@ def test_remote_control_with_pool_restarts_is_refused(pki: PKI) -> None:
         allow_insecure_broker=True,
     )
     assert app.conf.task_serializer == "auth"
+
+
+def test_pool_restarts_switched_on_after_harden_stop_the_worker(pki: PKI) -> None:
+    from security_lib.settings import verify_applied
+
+    app = Celery("rc-late", broker="memory://", set_as_current=False)
+    security_lib.harden(
+        app,
+        key=pki.worker.key,
+        cert=pki.worker.cert,
+        cert_store=pki.store,
+        allowed_tasks={"signer-worker": ["x"]},
+        allow_insecure_broker=True,
+        enable_remote_control=True,
+    )
+    verify_applied(app)  # the positive twin: remote control alone passes the start check
+    app.conf.worker_pool_restarts = True
+    with pytest.raises(security_lib.SecurityConfigError, match="worker_pool_restarts"):
+        verify_applied(app)  # what GateStep runs when the consumer starts

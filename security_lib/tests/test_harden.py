@@ -193,6 +193,27 @@ def test_amqps_with_tls_material(pki: PKI) -> None:
     assert ssl_opts["ca_certs"] == str(pki.ca.pem)
 
 
+def test_key_folder_writable_by_others_is_refused(pki: PKI, tmp_path: Path) -> None:
+    folder = tmp_path / "signing"
+    folder.mkdir()
+    key = folder / "signer.key"
+    key.write_bytes(pki.worker.key.read_bytes())
+    key.chmod(0o600)
+    folder.chmod(0o777)
+    app = Celery("keydir", broker="memory://", set_as_current=False)
+    kwargs: dict[str, Any] = {
+        "key": key,
+        "cert": pki.worker.cert,
+        "cert_store": pki.store,
+        "allowed_tasks": {"signer-worker": ["x"]},
+        "allow_insecure_broker": True,
+    }
+    with pytest.raises(FilePermissionError, match=r"folder .* mode 0777.*chmod go-w"):
+        security_lib.harden(app, **kwargs)
+    folder.chmod(0o700)  # the positive twin
+    security_lib.harden(app, **kwargs)
+
+
 def test_broker_key_mode_is_checked(pki: PKI, tmp_path: Path) -> None:
     key = write_private(tmp_path / "b.key", pki.client.key.read_bytes(), 0o644)
     app = make_app("amqps://kit-broker:5671/kit")
