@@ -336,3 +336,14 @@ def test_store_symlink_into_a_writable_directory_is_refused(pki: PKI, tmp_path: 
     (store / "planted.pem").symlink_to(target)
     with pytest.raises(CertStoreError, match="writable by group/others"):
         harden(make_app(), pki, cert_store=store)
+
+
+def test_second_harden_with_another_identity_is_refused(pki: PKI) -> None:
+    first = make_app()
+    harden(first, pki)
+    second = make_app()
+    with pytest.raises(SecurityConfigError, match=r"already hardened with another signing"):
+        harden(second, pki, key=pki.client.key, cert=pki.client.cert)
+    assert second.conf.task_serializer != "auth"  # nothing applied
+    # the positive twin: the same identity for another app (other allowlist) is fine
+    harden(second, pki, allowed_tasks={"signer-client": ["other.*"]})

@@ -82,6 +82,37 @@ class Hardening:
 _STATE: weakref.WeakKeyDictionary[Any, Hardening] = weakref.WeakKeyDictionary()
 
 
+#: What the first harden() of this process registered process-wide (kombu's
+#: ``auth`` serializer: the signing key, the trusted store, the digest).
+_PROCESS_IDENTITY: list[tuple[str, frozenset[str], str]] = []
+
+
+def _refuse_another_identity(
+    me: SignerIdentity, trusted: list[SignerIdentity], digest: str
+) -> None:
+    """Refuse a second harden() that would switch the process-wide signer or store.
+
+    Kombu's serializer registry and Celery's ``setup_security()`` are
+    process-global: a second identity would silently sign (and verify) for
+    every app already hardened in this process.
+    """
+    identity = (me.fingerprint, frozenset(t.fingerprint for t in trusted), digest.lower())
+    if _PROCESS_IDENTITY and _PROCESS_IDENTITY[0] != identity:
+        raise SecurityConfigError(
+            "harden",
+            f"this process was already hardened with another signing identity, cert store or "
+            f"digest (first signer fingerprint {_PROCESS_IDENTITY[0][0][:16]}..., now "
+            f"{me.label()}); the signer and store are process-wide in Celery and kombu",
+            "call harden() with one key, cert, cert_store and digest per process; run another "
+            "identity in its own process",
+        )
+
+
+def _forget_process_identity() -> None:
+    """Forget the process identity (tests only: each test stands for a process)."""
+    _PROCESS_IDENTITY.clear()
+
+
 def hardening_of(app: Any) -> Hardening | None:
     """Return what :func:`harden` configured on ``app`` (None if never hardened)."""
     return _STATE.get(app)
@@ -228,6 +259,7 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     if policy.allow_any:
         warnings.append("allowed_tasks=ALLOW_ANY_SIGNER: every trusted signer may run every task")
     identities = [entry.identity for entry in store.values()]
+    _refuse_another_identity(me, identities, digest)
     for signer_key in policy.signer_keys:
         if not any(policy.matches_signer(signer_key, ident) for ident in identities):
             warnings.append(f"allowed_tasks names {signer_key!r}, which matches no store cert")
@@ -275,6 +307,9 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
         ) from exc
     serializer = KitSerializer(key=private_key, cert=certificate, store=store, digest=digest)
     register_kit_serializer(serializer)
+    _PROCESS_IDENTITY[:] = [
+        (me.fingerprint, frozenset(i.fingerprint for i in identities), digest.lower())
+    ]
     refuse_compression()
     verify_applied(app, sign_results=sign_results)
     install_sealer(app.amqp, active_signer_fingerprint)
