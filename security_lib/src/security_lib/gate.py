@@ -89,6 +89,8 @@ REASONS: Final[Mapping[str, str]] = {
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
 _FILE_UNSAFE = re.compile(r"[^A-Za-z0-9._@-]")
 _MARK: Final = "__security_lib_gate__"
+#: Verified original messages kept for their follow-ups (chain steps, retries).
+_ORIGINALS_CACHED: Final = 1024
 
 
 def _clean(value: Any, limit: int = 200) -> str:
@@ -116,6 +118,7 @@ class Gate:
         #: Signers (CN or fingerprint) whose follow-ups are judged on behalf
         #: of the original signer: the workers.
         self.follow_up_signers = follow_up_signers
+        self._originals: dict[str, tuple[SignerIdentity, float, frozenset[str], float]] = {}
 
     def check(
         self,
@@ -218,6 +221,36 @@ class Gate:
         must still be inside the replay window, and the *original* signer must
         be allowed to run each of them.
         """
+        original = self._original(root)
+        if isinstance(original, str):
+            return original
+        signer, timestamp, listed, valid_until = original
+        now = self.replay.now()
+        if not timestamp - self.replay.clock_skew <= now < self.replay.deadline(timestamp):
+            return "root-expired"
+        if now >= valid_until:
+            return "root-expired-signer"
+        try:
+            wanted = tasks_a_message_can_run(body)
+        except CanvasTooLargeError:
+            return "canvas-too-large"
+        wanted.add(task_name)
+        for name in sorted(wanted):
+            if name not in listed:
+                return f"not-in-original={name}"
+            if not self.policy.allows(signer, name):
+                return f"on-behalf-of={signer.common_name}"
+        return None
+
+    def _original(self, root: str) -> tuple[SignerIdentity, float, frozenset[str], float] | str:
+        """Verify an original message once: ``(signer, ts, names it listed, cert end)`` or why not.
+
+        A chain's steps and a task's retries carry the same original: the RSA
+        verification and the canvas walk are cached (bounded, successes only).
+        """
+        cached = self._originals.get(root)
+        if cached is not None:
+            return cached
         try:
             original = self.serializer.verify(root)
         except VerificationError as exc:
@@ -227,26 +260,22 @@ class Gate:
             return "root-bad-envelope"
         if envelope.root is not None:
             return "root-is-a-follow-up"
-        now = self.replay.now()
-        if (
-            not envelope.timestamp - self.replay.clock_skew
-            <= now
-            < self.replay.deadline(envelope.timestamp)
-        ):
-            return "root-expired"
         try:
             listed = tasks_a_message_can_run(original.data)
-            wanted = tasks_a_message_can_run(body)
         except CanvasTooLargeError:
             return "canvas-too-large"
         listed.add(str(envelope.headers.get("task")))
-        wanted.add(task_name)
-        for name in sorted(wanted):
-            if name not in listed:
-                return f"not-in-original={name}"
-            if not self.policy.allows(original.signer, name):
-                return f"on-behalf-of={original.signer.common_name}"
-        return None
+        entry = self.serializer.store[original.signer.celery_id]
+        result = (
+            original.signer,
+            envelope.timestamp,
+            frozenset(listed),
+            entry.certificate.not_valid_after_utc.timestamp(),
+        )
+        if len(self._originals) >= _ORIGINALS_CACHED:
+            del self._originals[next(iter(self._originals))]  # the oldest
+        self._originals[root] = result
+        return result
 
     def follow_up_refused(self, signer: SignerIdentity, body: Any) -> str | None:
         """Return a detail if ``body`` can make run a task ``signer`` may not run."""
