@@ -26,6 +26,7 @@ from security_lib import (
     SecurityConfigError,
     SerializerError,
 )
+from security_lib.certs import identity_of
 from security_lib.settings import verify_applied
 
 DAY = dt.timedelta(days=1)
@@ -347,3 +348,52 @@ def test_second_harden_with_another_identity_is_refused(pki: PKI) -> None:
     assert second.conf.task_serializer != "auth"  # nothing applied
     # the positive twin: the same identity for another app (other allowlist) is fine
     harden(second, pki, allowed_tasks={"signer-client": ["other.*"]})
+
+
+def test_policy_object_is_the_keyword_form(pki: PKI) -> None:
+    allowed = {"signer-client": ["kit.safe"]}
+    policy = security_lib.Policy(allowed_tasks=allowed, replay_window=120, clock_skew=10)
+    allowed["signer-client"].append("kit.dangerous")  # a later edit changes nothing
+    app = make_app()
+    result = security_lib.harden(
+        app,
+        key=pki.worker.key,
+        cert=pki.worker.cert,
+        cert_store=pki.store,
+        allow_insecure_broker=True,
+        policy=policy,
+    )
+    assert result.replay_window == 120
+    assert result.clock_skew == 10
+    client = identity_of(pki.client.certificate)
+    assert result.policy.allows(client, "kit.safe")
+    assert not result.policy.allows(client, "kit.dangerous")
+    with pytest.raises(AttributeError):
+        policy.replay_window = 1  # type: ignore[misc]  # frozen
+
+
+def test_policy_and_keywords_together_are_refused(pki: PKI) -> None:
+    app = make_app()
+    with pytest.raises(PolicyError, match=r"policy= given together with the keyword\(s\) replay"):
+        security_lib.harden(
+            app,
+            key=pki.worker.key,
+            cert=pki.worker.cert,
+            cert_store=pki.store,
+            allow_insecure_broker=True,
+            policy=security_lib.Policy(allowed_tasks={"signer-client": ["kit.safe"]}),
+            replay_window=60,
+        )
+    assert app.conf.task_serializer != "auth"
+
+
+def test_policy_values_are_checked_like_keywords(pki: PKI) -> None:
+    with pytest.raises(PolicyError, match="allowed_tasks"):
+        security_lib.harden(
+            make_app(),
+            key=pki.worker.key,
+            cert=pki.worker.cert,
+            cert_store=pki.store,
+            allow_insecure_broker=True,
+            policy=security_lib.Policy(allowed_tasks={"signer-client": "kit.*"}),
+        )

@@ -11,9 +11,10 @@ import logging
 import math
 import os
 import weakref
-from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Final
 
 from celery.exceptions import ImproperlyConfigured, SecurityError
 
@@ -48,10 +49,7 @@ from .settings import (
     verify_applied,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import Mapping
-
-__all__ = ["Hardening", "harden", "hardening_of"]
+__all__ = ["Hardening", "Policy", "harden", "hardening_of"]
 
 logger = logging.getLogger("security_lib")
 
@@ -176,6 +174,61 @@ def _follow_up_signers(value: object, me: SignerIdentity) -> tuple[str, ...]:
 DEFAULT_REPLAY_RATE: Final = 1000.0
 
 
+@dataclass(frozen=True)
+class Policy:
+    """The security options of :func:`harden` in one frozen object.
+
+    ``harden(app, key=..., cert=..., cert_store=..., policy=Policy(...))`` is
+    the same as passing these as keywords (the older form, still accepted);
+    passing both is refused. Files and broker TLS stay keywords: they are
+    where this host keeps things, not what it allows. Values are checked by
+    :func:`harden`, with the same errors as the keywords.
+    """
+
+    allowed_tasks: Mapping[str, Iterable[str]] | AllowAnySigner | None = None
+    follow_up_signers: Iterable[str] | None = None
+    digest: str = "sha256"
+    replay_window: float = 300
+    clock_skew: float = 30
+    replay_max_rate: float = DEFAULT_REPLAY_RATE
+    replay_cache_size: int | None = None
+    replay_state_dir: PathLike | None = None
+    expiry_warning_days: int = 30
+    sign_results: bool = False
+    enable_remote_control: bool = False
+
+    def __post_init__(self) -> None:
+        """Freeze the allowlist and the signer list (a later edit must not change the policy)."""
+        allowed = self.allowed_tasks
+        if isinstance(allowed, Mapping):
+            frozen = {
+                k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in allowed.items()
+            }
+            object.__setattr__(self, "allowed_tasks", MappingProxyType(frozen))
+        if isinstance(self.follow_up_signers, list):
+            object.__setattr__(self, "follow_up_signers", tuple(self.follow_up_signers))
+
+
+def _one_policy(policy: Policy | None, keywords: Policy) -> Policy:
+    """Return the policy to apply: ``policy=`` or the keyword form, never both."""
+    if policy is None:
+        return keywords
+    if not isinstance(policy, Policy):
+        raise PolicyError(
+            "policy", f"expected a security_lib.Policy, got {policy!r}", "pass Policy(...)"
+        )
+    if keywords != Policy():
+        given = sorted(
+            f.name for f in fields(Policy) if getattr(keywords, f.name) != getattr(Policy(), f.name)
+        )
+        raise PolicyError(
+            "policy",
+            f"policy= given together with the keyword(s) {', '.join(given)}",
+            "put every option in the Policy(...) or pass none of them as keywords",
+        )
+    return policy
+
+
 def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     app: Any,
     *,
@@ -199,6 +252,7 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     replay_state_dir: PathLike | None = None,
     replay_max_rate: float = DEFAULT_REPLAY_RATE,
     follow_up_signers: Iterable[str] | None = None,
+    policy: Policy | None = None,
 ) -> Hardening:
     """Harden a Celery app: signed tasks with a bound envelope, broker TLS, fail closed.
 
@@ -220,7 +274,34 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     workers: a message they publish while running a task (chain step, link,
     errback, retry, replace, chord callback) names the original message, and
     the gate judges it by the *original* signer and what that message listed.
+
+    ``policy`` (a :class:`Policy`) groups the options above; the keywords are
+    the older form of the same thing.
     """
+    p = _one_policy(
+        policy,
+        Policy(
+            allowed_tasks=allowed_tasks,
+            follow_up_signers=follow_up_signers,
+            digest=digest,
+            replay_window=replay_window,
+            clock_skew=clock_skew,
+            replay_max_rate=replay_max_rate,
+            replay_cache_size=replay_cache_size,
+            replay_state_dir=replay_state_dir,
+            expiry_warning_days=expiry_warning_days,
+            sign_results=sign_results,
+            enable_remote_control=enable_remote_control,
+        ),
+    )
+    (allowed_tasks, follow_up_signers, digest, replay_window, clock_skew, replay_max_rate) = (
+        p.allowed_tasks, p.follow_up_signers, p.digest, p.replay_window, p.clock_skew,
+        p.replay_max_rate,
+    )  # fmt: skip
+    (replay_cache_size, replay_state_dir, expiry_warning_days, sign_results) = (
+        p.replay_cache_size, p.replay_state_dir, p.expiry_warning_days, p.sign_results,
+    )  # fmt: skip
+    enable_remote_control = p.enable_remote_control
     now = dt.datetime.now(dt.timezone.utc)
     window, skew, per_signer = _replay_numbers(
         replay_window, clock_skew, replay_max_rate, replay_cache_size
@@ -255,13 +336,13 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
         )
 
     # 3. Signer allowlist.
-    policy = SignerPolicy(allowed_tasks)
-    if policy.allow_any:
+    allowlist = SignerPolicy(allowed_tasks)
+    if allowlist.allow_any:
         warnings.append("allowed_tasks=ALLOW_ANY_SIGNER: every trusted signer may run every task")
     identities = [entry.identity for entry in store.values()]
     _refuse_another_identity(me, identities, digest)
-    for signer_key in policy.signer_keys:
-        if not any(policy.matches_signer(signer_key, ident) for ident in identities):
+    for signer_key in allowlist.signer_keys:
+        if not any(allowlist.matches_signer(signer_key, ident) for ident in identities):
             warnings.append(f"allowed_tasks names {signer_key!r}, which matches no store cert")
 
     vouchers = _follow_up_signers(follow_up_signers, me)
@@ -317,7 +398,7 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
         app,
         Gate(
             serializer,
-            policy,
+            allowlist,
             ReplayCache(window, skew, max_per_signer=per_signer),
             state_dir=state_dir,
             follow_up_signers=vouchers,
@@ -326,7 +407,7 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     hardening = Hardening(
         signer=me,
         trusted_signers=tuple(identities),
-        policy=policy,
+        policy=allowlist,
         replay_window=window,
         clock_skew=skew,
         expiry_warning_days=warn_days,
