@@ -32,6 +32,7 @@ from .errors import PolicyError, SecurityConfigError
 from .gate import Gate, install_gate
 from .policy import AllowAnySigner, SignerPolicy
 from .replay import MAX_CLOCK_SKEW, MAX_REPLAY_WINDOW, ReplayCache, check_state_dir
+from .results import bind_results
 from .serializer import (
     KitSerializer,
     active_signer_fingerprint,
@@ -386,7 +387,17 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
         raise SecurityConfigError(
             "setup_security", f"Celery refused the security settings: {exc}", "see the message"
         ) from exc
-    serializer = KitSerializer(key=private_key, cert=certificate, store=store, digest=digest)
+    serializer = KitSerializer(
+        key=private_key,
+        cert=certificate,
+        store=store,
+        digest=digest,
+        result_signer=(
+            (lambda ident: any(allowlist.matches_signer(k, ident) for k in vouchers))
+            if sign_results
+            else None
+        ),
+    )
     register_kit_serializer(serializer)
     _PROCESS_IDENTITY[:] = [
         (me.fingerprint, frozenset(i.fingerprint for i in identities), digest.lower())
@@ -394,6 +405,8 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     refuse_compression()
     verify_applied(app, sign_results=sign_results)
     install_sealer(app.amqp, active_signer_fingerprint)
+    if sign_results:
+        bind_results(app)
     install_gate(
         app,
         Gate(
