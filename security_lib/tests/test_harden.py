@@ -397,3 +397,11 @@ def test_policy_values_are_checked_like_keywords(pki: PKI) -> None:
             allow_insecure_broker=True,
             policy=security_lib.Policy(allowed_tasks={"signer-client": "kit.*"}),
         )
+
+
+def test_store_certificate_from_another_ca_is_refused(pki: PKI) -> None:
+    mixed = pki.new_store("mixed-ca", pki.worker, pki.rogue)
+    with pytest.raises(CertStoreError, match=r"rogue.pem .* not issued by the CA"):
+        harden(make_app(), pki, cert_store=mixed, cert_store_ca=pki.ca.pem)
+    # the positive twin: every certificate of the kit's store comes from the CA
+    harden(make_app(), pki, cert_store_ca=pki.ca.pem)

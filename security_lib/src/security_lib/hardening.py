@@ -21,6 +21,7 @@ from celery.exceptions import ImproperlyConfigured, SecurityError
 from .certs import (
     SignerIdentity,
     check_key_matches_cert,
+    check_store_issuer,
     check_validity,
     identity_of,
     load_cert_store,
@@ -254,6 +255,7 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     replay_max_rate: float = DEFAULT_REPLAY_RATE,
     follow_up_signers: Iterable[str] | None = None,
     policy: Policy | None = None,
+    cert_store_ca: PathLike | None = None,
 ) -> Hardening:
     """Harden a Celery app: signed tasks with a bound envelope, broker TLS, fail closed.
 
@@ -275,6 +277,9 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
     workers: a message they publish while running a task (chain step, link,
     errback, retry, replace, chord callback) names the original message, and
     the gate judges it by the *original* signer and what that message listed.
+
+    ``cert_store_ca`` (optional): a CA bundle that must have issued every
+    certificate in the store (a stray certificate is refused by file name).
 
     ``policy`` (a :class:`Policy`) groups the options above; the keywords are
     the older form of the same thing.
@@ -329,6 +334,8 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
         cert_store, now=now, warning_days=warn_days, setting="cert_store (security_cert_store)"
     )
     warnings.extend(store_warnings)
+    if cert_store_ca is not None:
+        check_store_issuer(store, cert_store_ca, "cert_store_ca")
     me = identity_of(certificate)
     if me.celery_id not in store:
         warnings.append(
