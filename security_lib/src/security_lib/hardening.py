@@ -231,7 +231,7 @@ def _one_policy(policy: Policy | None, keywords: Policy) -> Policy:
     return policy
 
 
-def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
+def harden(  # noqa: PLR0912,PLR0915 - one linear sequence: every check, then configure
     app: Any,
     *,
     key: PathLike,
@@ -354,6 +354,11 @@ def harden(  # noqa: PLR0915 - one linear sequence: every check, then configure
             warnings.append(f"allowed_tasks names {signer_key!r}, which matches no store cert")
 
     vouchers = _follow_up_signers(follow_up_signers, me)
+    if sign_results and follow_up_signers is None:
+        warnings.append(
+            f"sign_results=True: results are accepted only when signed by {me.common_name} "
+            "(this process); on a producer pass follow_up_signers=[<the workers' signers>]"
+        )
 
     # 4. Serializers and compression the app asked for, remote control, the broker.
     _refuse_unsafe_settings(app.conf, enable_remote_control=enable_remote_control)
