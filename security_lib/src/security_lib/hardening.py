@@ -77,6 +77,8 @@ class Hardening:
     warnings: tuple[str, ...] = field(default=())
     #: The ``broker_use_ssl`` harden() set (None: insecure lab broker allowed).
     broker_ssl: dict[str, Any] | None = None
+    #: Signers whose follow-ups are judged on the original signer's behalf (the workers).
+    follow_up_signers: tuple[str, ...] = ()
 
 
 _STATE: weakref.WeakKeyDictionary[Any, Hardening] = weakref.WeakKeyDictionary()
@@ -444,6 +446,7 @@ def harden(  # noqa: PLR0912,PLR0915 - one linear sequence: every check, then co
         broker_key=None if broker_key is None else os.fspath(broker_key),
         warnings=tuple(warnings),
         broker_ssl=broker_ssl,
+        follow_up_signers=vouchers,
     )
     _STATE[app] = hardening
     for message in warnings:

@@ -147,11 +147,12 @@ class SignerPolicy:
             return fingerprint == identity.fingerprint
         return key == identity.common_name
 
+    def patterns(self, identity: SignerIdentity) -> tuple[str, ...]:
+        """Return the task patterns ``identity`` has (by CN and by fingerprint)."""
+        return self._by_cn.get(identity.common_name, ()) + self._by_fp.get(identity.fingerprint, ())
+
     def allows(self, identity: SignerIdentity, task_name: str) -> bool:
         """Return True if ``identity`` may run ``task_name``."""
         if self.allow_any:
             return True
-        patterns = self._by_cn.get(identity.common_name, ()) + self._by_fp.get(
-            identity.fingerprint, ()
-        )
-        return any(fnmatchcase(task_name, pattern) for pattern in patterns)
+        return any(fnmatchcase(task_name, pattern) for pattern in self.patterns(identity))
