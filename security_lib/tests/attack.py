@@ -97,6 +97,7 @@ class Forger:
         ts: float | None = None,
         envelope_signer: str | None = None,
         route: list[str] | None = None,
+        root: str | None = None,
         **options: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
         task_id = str(uuid.uuid4())
@@ -106,7 +107,12 @@ class Forger:
         if envelope:
             fp = envelope_signer or (self.signer.fingerprint if self.signer else "")
             body[2]["security_lib"] = make_envelope(
-                headers, fp, now=ts, route=route or ["", self.routing_key]
+                headers,
+                fp,
+                now=ts,
+                route=route or ["", self.routing_key],
+                root=root,
+                properties=properties,
             )
         return headers, properties, body
 
@@ -125,6 +131,8 @@ class Forger:
                 content_type=message.content_type,
                 content_encoding="utf-8" if message.content_type != "binary" else "binary",
                 correlation_id=message.properties.get("correlation_id"),
+                reply_to=message.properties.get("reply_to"),
+                priority=message.properties.get("priority"),
                 retry=False,
             )
         self.sent.append(message)

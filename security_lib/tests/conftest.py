@@ -128,6 +128,14 @@ class PKI:
         return directory
 
 
+@pytest.fixture(autouse=True)
+def _one_identity_per_test() -> None:
+    """harden() refuses a second identity per process; each test is its own "process"."""
+    from security_lib.hardening import _forget_process_identity
+
+    _forget_process_identity()
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
     root = tmp_path_factory.mktemp("pki")

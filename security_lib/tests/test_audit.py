@@ -101,6 +101,26 @@ def test_audit_warns_on_allow_any_signer(tmp_path: Path, pki: PKI) -> None:
     assert status["allowlist"] == "WARN"
 
 
+@pytest.mark.parametrize(
+    ("allowed", "expected"),
+    [
+        ('{"signer-client": ["proj.add"], "signer-worker": ["celery.*"]}', "WARN"),
+        ('{"signer-client": ["proj.*"], "signer-worker": ["proj.add"]}', "PASS"),
+        ('{"signer-client": ["proj.add"], "signer-worker": []}', "PASS"),
+    ],
+)
+def test_audit_warns_on_a_worker_signer_wildcard(
+    tmp_path: Path, pki: PKI, allowed: str, expected: str
+) -> None:
+    """The worker's signer (this process's own, a follow-up signer) needs [] or exact names."""
+    name = write_app(tmp_path, pki, allowed=allowed)
+    proc = run_audit(tmp_path, "--app", f"{name}:app", "--json")
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["allowlist"]["status"] == expected, checks["allowlist"]
+    if expected == "WARN":
+        assert "signer-worker: celery.*" in checks["allowlist"]["detail"]
+
+
 def test_audit_usage_errors(tmp_path: Path) -> None:
     assert run_audit(tmp_path, "--app", "no_such_module:app").returncode == 2
     assert run_audit(tmp_path).returncode == 2

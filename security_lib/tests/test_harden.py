@@ -26,6 +26,7 @@ from security_lib import (
     SecurityConfigError,
     SerializerError,
 )
+from security_lib.certs import identity_of
 from security_lib.settings import verify_applied
 
 DAY = dt.timedelta(days=1)
@@ -193,6 +194,27 @@ def test_amqps_with_tls_material(pki: PKI) -> None:
     assert ssl_opts["ca_certs"] == str(pki.ca.pem)
 
 
+def test_key_folder_writable_by_others_is_refused(pki: PKI, tmp_path: Path) -> None:
+    folder = tmp_path / "signing"
+    folder.mkdir()
+    key = folder / "signer.key"
+    key.write_bytes(pki.worker.key.read_bytes())
+    key.chmod(0o600)
+    folder.chmod(0o777)
+    app = Celery("keydir", broker="memory://", set_as_current=False)
+    kwargs: dict[str, Any] = {
+        "key": key,
+        "cert": pki.worker.cert,
+        "cert_store": pki.store,
+        "allowed_tasks": {"signer-worker": ["x"]},
+        "allow_insecure_broker": True,
+    }
+    with pytest.raises(FilePermissionError, match=r"folder .* mode 0777.*chmod go-w"):
+        security_lib.harden(app, **kwargs)
+    folder.chmod(0o700)  # the positive twin
+    security_lib.harden(app, **kwargs)
+
+
 def test_broker_key_mode_is_checked(pki: PKI, tmp_path: Path) -> None:
     key = write_private(tmp_path / "b.key", pki.client.key.read_bytes(), 0o644)
     app = make_app("amqps://kit-broker:5671/kit")
@@ -315,3 +337,71 @@ def test_store_symlink_into_a_writable_directory_is_refused(pki: PKI, tmp_path: 
     (store / "planted.pem").symlink_to(target)
     with pytest.raises(CertStoreError, match="writable by group/others"):
         harden(make_app(), pki, cert_store=store)
+
+
+def test_second_harden_with_another_identity_is_refused(pki: PKI) -> None:
+    first = make_app()
+    harden(first, pki)
+    second = make_app()
+    with pytest.raises(SecurityConfigError, match=r"already hardened with another signing"):
+        harden(second, pki, key=pki.client.key, cert=pki.client.cert)
+    assert second.conf.task_serializer != "auth"  # nothing applied
+    # the positive twin: the same identity for another app (other allowlist) is fine
+    harden(second, pki, allowed_tasks={"signer-client": ["other.*"]})
+
+
+def test_policy_object_is_the_keyword_form(pki: PKI) -> None:
+    allowed = {"signer-client": ["kit.safe"]}
+    policy = security_lib.Policy(allowed_tasks=allowed, replay_window=120, clock_skew=10)
+    allowed["signer-client"].append("kit.dangerous")  # a later edit changes nothing
+    app = make_app()
+    result = security_lib.harden(
+        app,
+        key=pki.worker.key,
+        cert=pki.worker.cert,
+        cert_store=pki.store,
+        allow_insecure_broker=True,
+        policy=policy,
+    )
+    assert result.replay_window == 120
+    assert result.clock_skew == 10
+    client = identity_of(pki.client.certificate)
+    assert result.policy.allows(client, "kit.safe")
+    assert not result.policy.allows(client, "kit.dangerous")
+    with pytest.raises(AttributeError):
+        policy.replay_window = 1  # type: ignore[misc]  # frozen
+
+
+def test_policy_and_keywords_together_are_refused(pki: PKI) -> None:
+    app = make_app()
+    with pytest.raises(PolicyError, match=r"policy= given together with the keyword\(s\) replay"):
+        security_lib.harden(
+            app,
+            key=pki.worker.key,
+            cert=pki.worker.cert,
+            cert_store=pki.store,
+            allow_insecure_broker=True,
+            policy=security_lib.Policy(allowed_tasks={"signer-client": ["kit.safe"]}),
+            replay_window=60,
+        )
+    assert app.conf.task_serializer != "auth"
+
+
+def test_policy_values_are_checked_like_keywords(pki: PKI) -> None:
+    with pytest.raises(PolicyError, match="allowed_tasks"):
+        security_lib.harden(
+            make_app(),
+            key=pki.worker.key,
+            cert=pki.worker.cert,
+            cert_store=pki.store,
+            allow_insecure_broker=True,
+            policy=security_lib.Policy(allowed_tasks={"signer-client": "kit.*"}),
+        )
+
+
+def test_store_certificate_from_another_ca_is_refused(pki: PKI) -> None:
+    mixed = pki.new_store("mixed-ca", pki.worker, pki.rogue)
+    with pytest.raises(CertStoreError, match=r"rogue.pem .* not issued by the CA"):
+        harden(make_app(), pki, cert_store=mixed, cert_store_ca=pki.ca.pem)
+    # the positive twin: every certificate of the kit's store comes from the CA
+    harden(make_app(), pki, cert_store_ca=pki.ca.pem)

@@ -142,6 +142,15 @@ def test_copy_of_executed_message_is_refused_across_a_reconnect(
     wait_for(lambda: len(log.rejections(message.id)) == 2, timeout=60)
     assert [m["reason"] for m in log.rejections(message.id)] == ["replay", "replay"]
     assert executions(message.id) == 1
+    # The consumer restart rebuilt the strategies: the allowlist still holds
+    # (signer-client has no entry here), and a fresh legitimate message runs.
+    client = Forger(app, pki.client, routing_key=queue)
+    refused = client.publish(client.signed("kit.record", (2,)))
+    wait_for(lambda: log.rejections(refused.id), timeout=30)
+    assert [m["reason"] for m in log.rejections(refused.id)] == ["signer-not-allowed"]
+    fresh = forger.publish(forger.signed("kit.record", (3,)))
+    wait_for(lambda: executions(fresh.id) == 1, timeout=30)
+    assert executions(refused.id) == 0
 
 
 def test_worker_restart_keeps_the_replay_state(rabbitmq: RabbitMQ, pki: PKI, tmp_path: Any) -> None:

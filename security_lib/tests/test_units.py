@@ -69,11 +69,19 @@ def test_policy_by_cn_and_fingerprint(pki: PKI) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    [None, {}, [], {"signer-x": []}, {"signer-x": [""]}, {"signer-x": "proj.*"}, {"": ["a"]}],
+    [None, {}, [], {"signer-x": [""]}, {"signer-x": "proj.*"}, {"": ["a"]}],
 )
 def test_policy_rejects_malformed(bad: Any) -> None:
     with pytest.raises(PolicyError):
         SignerPolicy(bad)
+
+
+def test_empty_entry_allows_nothing(pki: PKI) -> None:
+    """A worker's signer may be listed with no task at all (its follow-ups are vouched)."""
+    worker = identity_of(pki.worker.certificate)
+    policy = SignerPolicy({"signer-worker": [], "signer-client": ["proj.tasks.add"]})
+    assert not policy.allows(worker, "proj.tasks.add")
+    assert policy.allows(identity_of(pki.client.certificate), "proj.tasks.add")
 
 
 def test_fingerprint_normalization() -> None:

@@ -250,6 +250,23 @@ def test_changed_informational_header_is_rejected(kit: Kit, header: str, value: 
     )
 
 
+@pytest.mark.parametrize(
+    ("prop", "value"),
+    [("reply_to", "attacker-reply-queue"), ("correlation_id", "someone-else"), ("priority", 9)],
+)
+def test_changed_amqp_property_is_rejected(kit: Kit, prop: str, value: Any) -> None:
+    """reply_to decides where an rpc:// result goes; priority reorders: both are bound."""
+    msg = kit.client.signed("kit.safe", ("props",))
+    msg.properties[prop] = value
+    assert kit.rejected(kit.client.publish(msg)) == f"header-mismatch:{prop}"
+
+
+def test_priority_and_reply_to_set_by_the_producer_run(kit: Kit) -> None:
+    """The positive twin: the real producer path binds what it publishes."""
+    result = kit.app.send_task("kit.add", (20, 22), priority=7)
+    assert result.get(timeout=10) == 42
+
+
 def test_envelope_naming_another_signer_is_rejected(kit: Kit) -> None:
     # signer-other signs, but claims to be signer-client inside the message.
     msg = kit.other.signed("kit.safe", ("x",), envelope_signer=kit.pki.client.fingerprint)

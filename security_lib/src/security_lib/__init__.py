@@ -1,7 +1,8 @@
 """Hardening for Celery on RabbitMQ: one call, fail closed.
 
-Public API: :func:`harden`, :data:`ALLOW_ANY_SIGNER`, the error types and the
-audit entry point :func:`audit`. See the README for the threat model.
+Public API: :func:`harden` (options as keywords or one frozen :class:`Policy`),
+:data:`ALLOW_ANY_SIGNER`, the error types and the audit entry point :func:`audit`.
+See the README for the threat model.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .errors import (
     SerializerError,
 )
 from .gate import REASONS, REJECT_PREFIX
-from .hardening import Hardening, harden, hardening_of
+from .hardening import Hardening, Policy, harden, hardening_of
 from .policy import ALLOW_ANY_SIGNER
 
 __all__ = [
@@ -34,6 +35,7 @@ __all__ = [
     "Hardening",
     "KeyCertMismatchError",
     "MissingFileError",
+    "Policy",
     "PolicyError",
     "SecurityConfigError",
     "SerializerError",

@@ -143,6 +143,21 @@ def _allowlist(app: Any, h: Hardening) -> AuditCheck:
     ]
     if unknown:
         return AuditCheck("allowlist", "WARN", f"names matching no store cert: {unknown}")
+    # The workers' signers need no entry (their follow-ups are judged by the
+    # original signer); a wildcard there runs anything matching with a stolen key.
+    broad = sorted(
+        f"{ident.common_name}: {pattern}"
+        for ident in h.trusted_signers
+        if any(policy.matches_signer(k, ident) for k in h.follow_up_signers)
+        for pattern in policy.patterns(ident)
+        if any(c in pattern for c in "*?[")
+    )
+    if broad:
+        return AuditCheck(
+            "allowlist",
+            "WARN",
+            f"worker signer(s) with wildcard patterns {broad}: give them [] or exact names",
+        )
     return AuditCheck(
         "allowlist", "PASS", f"{len(policy.signer_keys)} signer(s) with task patterns"
     )

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
@@ -23,6 +24,7 @@ from .files import check_private_key_file, check_readable_file, expand_cert_stor
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Mapping
     from pathlib import Path
 
 __all__ = [
@@ -251,3 +253,39 @@ def load_cert_store(
             raise CertStoreError(setting, f"{path} is not RSA", "remove it")
         entries[identity.celery_id] = StoreEntry(path, cert, public_key, identity)
     return entries, warnings
+
+
+def check_store_issuer(
+    store: Mapping[str, StoreEntry], ca_path: str | os.PathLike[str], setting: str
+) -> None:
+    """Refuse a store certificate that the CA(s) in ``ca_path`` did not issue.
+
+    Optional second line of defence: the store stays the trust list (each
+    signer is trusted because its certificate is there), but a certificate
+    dropped into the store by mistake (or by someone who could write there)
+    that the kit's CA never signed is refused by file name.
+    """
+    pem = read_bytes(check_readable_file(ca_path, setting), setting)
+    try:
+        cas = x509.load_pem_x509_certificates(pem)
+    except ValueError as exc:
+        raise CertificateError(
+            setting, f"{ca_path} holds no PEM certificate ({exc})", "point it at the CA bundle"
+        ) from None
+    for entry in store.values():
+        if not any(_issued_by(entry.certificate, ca) for ca in cas):
+            raise CertStoreError(
+                setting,
+                f"store certificate {entry.path} ({entry.identity.label()}) was not issued by "
+                f"the CA in {ca_path}",
+                f"remove {entry.path} from the store, or re-issue it from that CA",
+            )
+
+
+def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
+    """Return True if ``ca`` signed ``cert`` (issuer name and signature)."""
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True

@@ -21,12 +21,15 @@ import time
 from collections.abc import Callable, Mapping, MutableMapping
 from typing import Any, Final
 
+from celery._state import get_current_worker_task
+
 from .errors import SecurityConfigError
 
 __all__ = [
     "BOUND_HEADERS",
     "ENVELOPE_KEY",
     "ENVELOPE_VERSION",
+    "ROOT_HEADER",
     "Envelope",
     "first_mismatch",
     "install_sealer",
@@ -37,8 +40,10 @@ __all__ = [
 
 #: Key of the envelope inside the protocol 2 ``embed`` mapping.
 ENVELOPE_KEY: Final = "security_lib"
-#: Version 2 added the route (exchange, routing key); version 1 envelopes are refused.
-ENVELOPE_VERSION: Final = 2
+#: Version 2 added the route (exchange, routing key), version 3 the AMQP
+#: properties ``reply_to``, ``correlation_id`` and ``priority``; older
+#: envelopes are refused (upgrade producers and workers together).
+ENVELOPE_VERSION: Final = 3
 
 #: Timestamps outside this range (seconds since the epoch) are absurd: refused.
 MIN_TIMESTAMP: Final = 1_000_000_000.0  # 2001
@@ -73,6 +78,22 @@ BOUND_HEADERS: Final = (
 
 _MARK: Final = "__security_lib_sealer__"
 
+#: Message header the worker's gate sets (overwriting whatever arrived) to the
+#: signed payload of the message's *root*: the producer's original for a
+#: follow-up it accepted on the original signer's behalf, the message itself
+#: otherwise. Celery copies headers into ``task.request``; the sealer reads it
+#: there when the task publishes a follow-up and never publishes the header.
+ROOT_HEADER: Final = "security_lib_root"
+
+
+def current_root() -> str | None:
+    """Return the root payload of the task this thread is running in a worker, if any."""
+    task = get_current_worker_task()
+    if task is None:
+        return None
+    root = getattr(task.request, ROOT_HEADER, None)
+    return root if isinstance(root, str) and root else None
+
 
 def normalize(value: Any) -> Any:
     """Return ``value`` as it looks after a JSON round trip (tuples become lists).
@@ -85,18 +106,45 @@ def normalize(value: Any) -> Any:
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
+def bound_properties(properties: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Return the AMQP properties bound into the envelope, normalised.
+
+    ``reply_to`` decides where an ``rpc://`` result goes and ``correlation_id``
+    which caller it is matched to; ``priority`` can reorder a queue. Absent
+    and empty are the same (transports fill in defaults differently).
+    """
+    props: Mapping[str, Any] = properties or {}
+    priority = props.get("priority") or 0
+    return {
+        "reply_to": str(props.get("reply_to") or "") or None,
+        "correlation_id": str(props.get("correlation_id") or "") or None,
+        "priority": priority if isinstance(priority, int) else str(priority),
+    }
+
+
 class Envelope:
     """A parsed envelope (the signed copy of the bound headers)."""
 
-    __slots__ = ("headers", "route", "signer", "timestamp")
+    __slots__ = ("headers", "properties", "root", "route", "signer", "timestamp")
 
     def __init__(
-        self, headers: Mapping[str, Any], signer: str, timestamp: float, route: list[str]
+        self,
+        headers: Mapping[str, Any],
+        signer: str,
+        timestamp: float,
+        route: list[str],
+        *,
+        root: str | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> None:
         self.headers = headers
+        self.properties = properties if properties is not None else bound_properties(None)
         self.signer = signer
         self.timestamp = timestamp
         self.route = route
+        #: A follow-up's proof: the signed payload of the message it follows
+        #: (the producer's original), as the worker's gate accepted it.
+        self.root = root
 
 
 def route_of(exchange: Any, routing_key: Any) -> list[str]:
@@ -111,15 +159,26 @@ def make_envelope(
     now: float | None = None,
     *,
     route: list[str] | None = None,
+    root: str | None = None,
+    properties: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Build the envelope for ``headers`` (a plain JSON-able dict) sent to ``route``."""
-    return {
+    """Build the envelope for ``headers`` (a plain JSON-able dict) sent to ``route``.
+
+    ``root`` (a follow-up published by a worker while it runs a task): the
+    signed payload of the original message, so that the receiving gate can
+    judge the follow-up by the original signer and what it listed.
+    """
+    envelope = {
         "v": ENVELOPE_VERSION,
         "signer": signer_fingerprint,
         "ts": time.time() if now is None else now,
         "route": route or ["", ""],
         "headers": {name: normalize(headers.get(name)) for name in BOUND_HEADERS},
+        "props": bound_properties(properties),
     }
+    if root is not None:
+        envelope["root"] = root
+    return envelope
 
 
 def seal_body(
@@ -127,6 +186,9 @@ def seal_body(
     headers: Mapping[str, Any],
     signer_fingerprint: str,
     route: list[str] | None = None,
+    *,
+    root: str | None = None,
+    properties: Mapping[str, Any] | None = None,
 ) -> None:
     """Insert the envelope into a protocol 2 body ``(args, kwargs, embed)`` in place."""
     if not (
@@ -139,7 +201,9 @@ def seal_body(
             "the message body is not Celery protocol 2 ([args, kwargs, embed])",
             "leave task_protocol at 2 (harden() sets it)",
         )
-    body[2][ENVELOPE_KEY] = make_envelope(headers, signer_fingerprint, route=route)
+    body[2][ENVELOPE_KEY] = make_envelope(
+        headers, signer_fingerprint, route=route, root=root, properties=properties
+    )
 
 
 def parse_envelope(body: Any) -> Envelope | None:
@@ -150,7 +214,7 @@ def parse_envelope(body: Any) -> Envelope | None:
     if not isinstance(raw, dict) or raw.get("v") != ENVELOPE_VERSION:
         return None
     headers, signer, ts = raw.get("headers"), raw.get("signer"), raw.get("ts")
-    route = raw.get("route")
+    route, root, props = raw.get("route"), raw.get("root"), raw.get("props")
     if (
         not isinstance(headers, dict)
         or set(headers) != set(BOUND_HEADERS)
@@ -163,16 +227,34 @@ def parse_envelope(body: Any) -> Envelope | None:
         or not isinstance(route, list)
         or len(route) != 2  # noqa: PLR2004 - exchange and routing key
         or not all(isinstance(part, str) for part in route)
+        or not (root is None or (isinstance(root, str) and root))
+        or not isinstance(props, dict)
+        or set(props) != _PROPERTY_NAMES
     ):
         return None
-    return Envelope(headers=headers, signer=signer, timestamp=float(ts), route=route)
+    return Envelope(headers, signer, float(ts), route, root=root, properties=props)
 
 
-def first_mismatch(envelope: Envelope, headers: Mapping[str, Any]) -> str | None:
-    """Return the first bound header whose value differs from the signed copy, else None."""
+_PROPERTY_NAMES: Final = frozenset(bound_properties(None))
+
+
+def first_mismatch(
+    envelope: Envelope,
+    headers: Mapping[str, Any],
+    properties: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Return the first bound header (or property) that differs from the signed copy, else None.
+
+    ``properties`` None skips the property comparison (callers that have none,
+    e.g. the benchmark); the worker's gate always passes the message's.
+    """
     for name in BOUND_HEADERS:
         if normalize(headers.get(name)) != envelope.headers.get(name):
             return name
+    if properties is not None:
+        for name, value in bound_properties(properties).items():
+            if value != envelope.properties.get(name):
+                return name
     return None
 
 
@@ -204,12 +286,13 @@ def install_sealer(amqp: Any, signer_fingerprint: Callable[[], str]) -> None:
             # Celery merges these into the message headers; do it first so the
             # envelope binds the values that are actually published.
             message_headers.update(headers)
+        # A retry copies the running task's headers: never publish the gate's.
+        message_headers.pop(ROOT_HEADER, None)
         # Celery resolves the final exchange and routing key inside
         # send_task_message; the producer's publish() sees them, so the body
         # is sealed there, right before kombu serializes and signs it.
-        return original(
-            _SealingProducer(producer, signer_fingerprint, body), name, message, *args, **kwargs
-        )
+        sealing = _SealingProducer(producer, signer_fingerprint, body, current_root())
+        return original(sealing, name, message, *args, **kwargs)
 
     setattr(send_task_message, _MARK, True)
     amqp.send_task_message = send_task_message
@@ -218,12 +301,15 @@ def install_sealer(amqp: Any, signer_fingerprint: Callable[[], str]) -> None:
 class _SealingProducer:
     """A kombu Producer proxy whose ``publish`` seals the body for its final destination."""
 
-    __slots__ = ("_body", "_fingerprint", "_inner")
+    __slots__ = ("_body", "_fingerprint", "_inner", "_root")
 
-    def __init__(self, inner: Any, fingerprint: Callable[[], str], body: Any) -> None:
+    def __init__(
+        self, inner: Any, fingerprint: Callable[[], str], body: Any, root: str | None
+    ) -> None:
         self._inner = inner
         self._fingerprint = fingerprint
         self._body = body
+        self._root = root
 
     def publish(self, body: Any, *args: Any, **kwargs: Any) -> Any:
         """Seal the task body with the headers, exchange and routing key it is published with.
@@ -234,7 +320,7 @@ class _SealingProducer:
         if body is self._body:
             headers = kwargs.get("headers") or {}
             route = route_of(kwargs.get("exchange"), kwargs.get("routing_key"))
-            seal_body(body, headers, self._fingerprint(), route)
+            seal_body(body, headers, self._fingerprint(), route, root=self._root, properties=kwargs)
         return self._inner.publish(body, *args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:

@@ -71,7 +71,28 @@ def check_private_key_file(path: str | os.PathLike[str], setting: str) -> Path:
             "(readable or writable by group/others)",
             f"chmod 0600 {p}",
         )
+    _check_key_dir(Path(os.path.realpath(p)).parent, setting)
     return p
+
+
+def _check_key_dir(directory: Path, setting: str) -> None:
+    """Refuse a key folder that someone else could write: they could swap the key."""
+    st = directory.stat()
+    if st.st_uid not in (0, os.geteuid()):
+        raise FilePermissionError(
+            setting,
+            f"the key's folder {directory} is owned by uid {st.st_uid}, not by root or the "
+            f"running user (uid {os.geteuid()}), who could replace the key",
+            f"chown root {directory} (or keep the key in a folder of the running user)",
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        raise FilePermissionError(
+            setting,
+            f"the key's folder {directory} has mode {mode:04o} (writable by group/others, "
+            "who could replace the key)",
+            f"chmod go-w {directory}",
+        )
 
 
 def _check_store_dir(directory: Path, setting: str) -> None:

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from celery import bootsteps
 
-from .envelope import first_mismatch, parse_envelope, route_of
+from .envelope import ROOT_HEADER, Envelope, first_mismatch, parse_envelope, route_of
 from .errors import SecurityConfigError
 from .policy import CanvasTooLargeError, tasks_a_message_can_run
 from .serializer import AUTH_CONTENT_TYPE, VerificationError
@@ -46,7 +46,15 @@ if TYPE_CHECKING:
     from .replay import ReplayCache
     from .serializer import KitSerializer
 
-__all__ = ["REASONS", "REJECT_PREFIX", "Gate", "GateStep", "gate_for", "install_gate"]
+__all__ = [
+    "REASONS",
+    "REJECT_PREFIX",
+    "Gate",
+    "GateStep",
+    "Verdict",
+    "gate_for",
+    "install_gate",
+]
 
 logger = logging.getLogger("security_lib")
 
@@ -70,6 +78,7 @@ REASONS: Final[Mapping[str, str]] = {
     "route-mismatch": "delivered through another exchange/routing key than it was signed for",
     "replay": "a copy of a message already run, or a second copy (not a broker redelivery)",
     "replay-cache-full": "this signer filled its share of the replay cache; fail closed",
+    "compressed": "the message carries a compression header (never decompressed: bomb guard)",
     "gate-error": "internal error while checking; fail closed",
     "unknown-task": "no such task registered on this worker (Celery rejects it; logged by the kit)",
     "unknown-message": "not a task message (Celery rejects it; logged by the kit)",
@@ -80,6 +89,8 @@ REASONS: Final[Mapping[str, str]] = {
 _UNSAFE = re.compile(r"[^A-Za-z0-9._:@/+=-]")
 _FILE_UNSAFE = re.compile(r"[^A-Za-z0-9._@-]")
 _MARK: Final = "__security_lib_gate__"
+#: Verified original messages kept for their follow-ups (chain steps, retries).
+_ORIGINALS_CACHED: Final = 1024
 
 
 def _clean(value: Any, limit: int = 200) -> str:
@@ -98,63 +109,173 @@ class Gate:
         policy: SignerPolicy,
         replay: ReplayCache,
         state_dir: Path | None = None,
+        follow_up_signers: tuple[str, ...] = (),
     ) -> None:
         self.serializer = serializer
         self.policy = policy
         self.replay = replay
         self.state_dir = state_dir
+        #: Signers (CN or fingerprint) whose follow-ups are judged on behalf
+        #: of the original signer: the workers.
+        self.follow_up_signers = follow_up_signers
+        self._originals: dict[str, tuple[SignerIdentity, float, frozenset[str], float]] = {}
 
-    def check(  # noqa: PLR0911 - one early return per rejection reason
+    def check(
         self,
         headers: Mapping[str, Any] | None,
         content_type: str | None,
         payload: Any,
         delivery_info: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
     ) -> tuple[str | None, SignerIdentity | None, str]:
         """Return ``(reason, signer, detail)``; ``reason`` is None when the message may run.
 
         ``delivery_info`` is kombu's (exchange, routing key, redelivered flag):
         the broker sets it, the publisher cannot.
         """
+        verdict = self.judge(headers, content_type, payload, delivery_info, properties)
+        return verdict.reason, verdict.signer, verdict.detail
+
+    def judge(  # noqa: PLR0911 - one early return per rejection reason
+        self,
+        headers: Mapping[str, Any] | None,
+        content_type: str | None,
+        payload: Any,
+        delivery_info: Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+    ) -> Verdict:
+        """Check one message; the verdict also carries its root (see :data:`ROOT_HEADER`)."""
         if not isinstance(headers, Mapping) or "task" not in headers or "id" not in headers:
-            return "unsupported-protocol", None, ""
+            return Verdict("unsupported-protocol")
+        if headers.get("compression") is not None:
+            # Never expanded: the kit's kombu decoders refuse every compression.
+            return Verdict("compressed", None, f"compression={headers.get('compression')}")
         if (content_type or AUTH_CONTENT_TYPE) != AUTH_CONTENT_TYPE:
-            return "unsigned", None, f"content_type={content_type}"
+            return Verdict("unsigned", None, f"content_type={content_type}")
         if not isinstance(payload, (bytes, str)):
-            return "unsigned", None, "payload is not text"
+            return Verdict("unsigned", None, "payload is not text")
         try:
             verified = self.serializer.verify(payload)
         except VerificationError as exc:
-            return exc.reason, None, exc.detail
+            return Verdict(exc.reason, None, exc.detail)
         signer = verified.signer
         envelope = parse_envelope(verified.data)
         if envelope is None:
-            return "bad-envelope", signer, ""
+            return Verdict("bad-envelope", signer)
         if envelope.signer != signer.fingerprint:
-            return "signer-mismatch", signer, ""
-        field = first_mismatch(envelope, headers)
+            return Verdict("signer-mismatch", signer)
+        field = first_mismatch(envelope, headers, properties)
         if field is not None:
-            return f"header-mismatch:{field}", signer, ""
+            return Verdict(f"header-mismatch:{field}", signer)
         info: Mapping[str, Any] = delivery_info if isinstance(delivery_info, Mapping) else {}
         route = route_of(info.get("exchange"), info.get("routing_key"))
         if route != envelope.route:
-            return "route-mismatch", signer, f"signed-for={'/'.join(envelope.route)}"
-        task_name = str(headers["task"])
-        if not self.policy.allows(signer, task_name):
-            return "signer-not-allowed", signer, ""
-        # Everything the message can make run afterwards or around it (links,
-        # errbacks, chains, chords, canvases in celery.* arguments) must be
-        # allowed for the signer of *this* message, before anything runs.
-        refused = self.follow_up_refused(signer, verified.data)
+            return Verdict("route-mismatch", signer, f"signed-for={'/'.join(envelope.route)}")
+        root = payload.decode("ascii") if isinstance(payload, bytes) else payload
+        refused, root = self.allowlist(signer, envelope, str(headers["task"]), verified.data, root)
         if refused is not None:
-            return "signer-not-allowed", signer, refused
+            return Verdict("signer-not-allowed", signer, refused)
         reason = self.replay.check(
             replay_key(headers),
             envelope.timestamp,
             signer=signer.fingerprint,
             redelivered=info.get("redelivered") is True,
         )
-        return reason, signer, ""
+        return Verdict(reason, signer, "", root)
+
+    def allowlist(
+        self, signer: SignerIdentity, envelope: Envelope, task_name: str, body: Any, root: str
+    ) -> tuple[str | None, str]:
+        """Apply the allowlist; return ``(refusal detail or None, root payload)``.
+
+        A follow-up a worker published while running a task is judged by the
+        original signer and what the original message listed; anything else
+        (a producer's message, or something a worker sends that the original
+        did not list) by the sender's own allowlist entry, including every
+        task it can make run afterwards or around it (links, errbacks, chains,
+        chords, canvases in ``celery.*`` arguments), before anything runs.
+        """
+        refused: str | None = None
+        if envelope.root is not None and self.may_vouch(signer):
+            refused = self.on_behalf_refused(envelope.root, task_name, body)
+            if refused is None:
+                return None, envelope.root
+        if not self.policy.allows(signer, task_name):
+            return refused or "-", root
+        own = self.follow_up_refused(signer, body)
+        if own is not None:
+            return own, root
+        return None, root
+
+    def may_vouch(self, signer: SignerIdentity) -> bool:
+        """Return True if ``signer`` may publish follow-ups on another signer's behalf."""
+        return any(self.policy.matches_signer(key, signer) for key in self.follow_up_signers)
+
+    def on_behalf_refused(self, root: str, task_name: str, body: Any) -> str | None:  # noqa: PLR0911
+        """Return why a follow-up may not run on behalf of ``root``'s signer (None: it may).
+
+        ``root`` is the signed payload of the original message. The follow-up
+        (its own task and everything it can make run) must be among the task
+        names the original itself made possible (its own task: retry/replace;
+        its links, errbacks, chain, chord and nested signatures), the original
+        must still be inside the replay window, and the *original* signer must
+        be allowed to run each of them.
+        """
+        original = self._original(root)
+        if isinstance(original, str):
+            return original
+        signer, timestamp, listed, valid_until = original
+        now = self.replay.now()
+        if not timestamp - self.replay.clock_skew <= now < self.replay.deadline(timestamp):
+            return "root-expired"
+        if now >= valid_until:
+            return "root-expired-signer"
+        try:
+            wanted = tasks_a_message_can_run(body)
+        except CanvasTooLargeError:
+            return "canvas-too-large"
+        wanted.add(task_name)
+        for name in sorted(wanted):
+            if name not in listed:
+                return f"not-in-original={name}"
+            if not self.policy.allows(signer, name):
+                return f"on-behalf-of={signer.common_name}"
+        return None
+
+    def _original(self, root: str) -> tuple[SignerIdentity, float, frozenset[str], float] | str:
+        """Verify an original message once: ``(signer, ts, names it listed, cert end)`` or why not.
+
+        A chain's steps and a task's retries carry the same original: the RSA
+        verification and the canvas walk are cached (bounded, successes only).
+        """
+        cached = self._originals.get(root)
+        if cached is not None:
+            return cached
+        try:
+            original = self.serializer.verify(root)
+        except VerificationError as exc:
+            return f"root-{exc.reason}"
+        envelope = parse_envelope(original.data)
+        if envelope is None or envelope.signer != original.signer.fingerprint:
+            return "root-bad-envelope"
+        if envelope.root is not None:
+            return "root-is-a-follow-up"
+        try:
+            listed = tasks_a_message_can_run(original.data)
+        except CanvasTooLargeError:
+            return "canvas-too-large"
+        listed.add(str(envelope.headers.get("task")))
+        entry = self.serializer.store[original.signer.celery_id]
+        result = (
+            original.signer,
+            envelope.timestamp,
+            frozenset(listed),
+            entry.certificate.not_valid_after_utc.timestamp(),
+        )
+        if len(self._originals) >= _ORIGINALS_CACHED:
+            del self._originals[next(iter(self._originals))]  # the oldest
+        self._originals[root] = result
+        return result
 
     def follow_up_refused(self, signer: SignerIdentity, body: Any) -> str | None:
         """Return a detail if ``body`` can make run a task ``signer`` may not run."""
@@ -169,32 +290,53 @@ class Gate:
                 return f"follow-up={name}"
         return None
 
-    def inspect(self, message: Any, body: Any) -> str | None:
-        """Check a kombu message as the strategy receives it; log and return the reason."""
+    def inspect(self, message: Any, body: Any) -> Verdict:
+        """Check a kombu message as the strategy receives it; log a rejection."""
         headers = getattr(message, "headers", None)
-        reason: str | None
-        signer: SignerIdentity | None
+        verdict: Verdict
         try:
             if body is not None:
                 # Celery only pre-decodes protocol 1 messages (no 'task' header).
-                reason, signer, detail = "unsupported-protocol", None, ""
+                verdict = Verdict("unsupported-protocol")
             else:
-                reason, signer, detail = self.check(
+                verdict = self.judge(
                     headers,
                     getattr(message, "content_type", None),
                     getattr(message, "body", None),
                     getattr(message, "delivery_info", None),
+                    getattr(message, "properties", None) or {},
                 )
         except Exception:
             logger.exception("security_lib gate failed while checking a message")
-            reason, signer, detail = "gate-error", None, ""
-        if reason is None:
-            return None
+            verdict = Verdict("gate-error")
+        if verdict.reason is None:
+            return verdict
         hdrs: Mapping[str, Any] = headers if isinstance(headers, Mapping) else {}
         if "task" not in hdrs and isinstance(body, Mapping):
             hdrs = body  # protocol 1 carries task and id in the (already decoded) body
-        log_rejection(reason, hdrs.get("task"), hdrs.get("id"), signer, detail)
-        return reason
+        log_rejection(
+            verdict.reason, hdrs.get("task"), hdrs.get("id"), verdict.signer, verdict.detail
+        )
+        return verdict
+
+
+class Verdict:
+    """The gate's decision on one message (``reason`` None: it may run)."""
+
+    __slots__ = ("detail", "reason", "root", "signer")
+
+    def __init__(
+        self,
+        reason: str | None,
+        signer: SignerIdentity | None = None,
+        detail: str = "",
+        root: str | None = None,
+    ) -> None:
+        self.reason = reason
+        self.signer = signer
+        self.detail = detail
+        #: The signed payload follow-ups of this message are judged by.
+        self.root = root
 
 
 def replay_key(headers: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -235,10 +377,14 @@ def gated_strategy(inner: StrategyHandler, gate: Gate, consumer: Any) -> Strateg
     def task_message_handler(
         message: Any, body: Any, ack: Any, reject: Any, callbacks: Any, *args: Any, **kwargs: Any
     ) -> Any:
-        if gate.inspect(message, body) is not None:
+        verdict = gate.inspect(message, body)
+        if verdict.reason is not None:
             # requeue=False: dead-lettered or dropped by the broker, never redelivered.
             reject(logger, connection_errors, False)  # noqa: FBT003 - Celery's positional API
             return None
+        # Overwrites whatever a publisher put there; Celery copies it into
+        # task.request, where the sealer finds it for follow-ups.
+        message.headers[ROOT_HEADER] = verdict.root
         key = replay_key(message.headers)
 
         # Celery acknowledges when the task starts (acks_late: when it ends) and
@@ -261,6 +407,40 @@ def gated_strategy(inner: StrategyHandler, gate: Gate, consumer: Any) -> Strateg
 
     setattr(task_message_handler, _MARK, True)
     return task_message_handler
+
+
+class GatedStrategies(dict[str, StrategyHandler]):
+    """``consumer.strategies`` that gates every strategy as it is stored.
+
+    Celery rebuilds strategies in place (``Consumer.update_strategies``: on
+    every consumer (re)start through the ``Tasks`` step, and on
+    ``WorkController.reload``, which a remote-control ``pool_restart``
+    reaches): each new entry goes through ``__setitem__`` and is wrapped there,
+    so no rebuild can leave an ungated strategy behind.
+    """
+
+    def __init__(self, gate: Gate, consumer: Any, items: Mapping[str, StrategyHandler]) -> None:
+        super().__init__()
+        self._gate = gate
+        self._consumer = consumer
+        self.update(items)
+
+    def __setitem__(self, name: str, strategy: StrategyHandler) -> None:
+        """Store ``strategy`` wrapped by the gate (unless it already is)."""
+        if not getattr(strategy, _MARK, False):
+            strategy = gated_strategy(strategy, self._gate, self._consumer)
+        super().__setitem__(name, strategy)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        """Store every entry through :meth:`__setitem__`."""
+        for name, strategy in dict(*args, **kwargs).items():
+            self[name] = strategy
+
+    def setdefault(self, name: str, default: Any = None) -> Any:
+        """Store through :meth:`__setitem__`."""
+        if name not in self:
+            self[name] = default
+        return self[name]
 
 
 _CELERY_REJECTIONS: Final = {
@@ -351,9 +531,11 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
                 "this Celery version's consumer has no 'strategies' mapping to gate",
                 "pin celery to a version supported by celery-kit-security-lib",
             )
-        for name, strategy in list(strategies.items()):
-            if not getattr(strategy, _MARK, False):
-                strategies[name] = gated_strategy(strategy, gate, c)
+        if isinstance(strategies, GatedStrategies):
+            strategies.update(strategies)  # re-check every entry (already gated: no-op)
+        else:
+            # From now on every strategy stored is gated as it is stored.
+            c.strategies = strategies = GatedStrategies(gate, c, strategies)
         # Messages Celery itself refuses before any strategy (unknown task name,
         # not a task message, undecodable protocol 1 body) get our log line too,
         # so that every refused message can be found by its prefix.

@@ -11,14 +11,17 @@ import logging
 import math
 import os
 import weakref
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from types import MappingProxyType
+from typing import Any, Final
 
 from celery.exceptions import ImproperlyConfigured, SecurityError
 
 from .certs import (
     SignerIdentity,
     check_key_matches_cert,
+    check_store_issuer,
     check_validity,
     identity_of,
     load_cert_store,
@@ -26,10 +29,11 @@ from .certs import (
     load_private_key,
 )
 from .envelope import install_sealer
-from .errors import SecurityConfigError
+from .errors import PolicyError, SecurityConfigError
 from .gate import Gate, install_gate
 from .policy import AllowAnySigner, SignerPolicy
 from .replay import MAX_CLOCK_SKEW, MAX_REPLAY_WINDOW, ReplayCache, check_state_dir
+from .results import bind_results
 from .serializer import (
     KitSerializer,
     active_signer_fingerprint,
@@ -39,15 +43,15 @@ from .serializer import (
 from .settings import (
     broker_tls_settings,
     check_broker_connections,
+    refuse_code_changing_control,
+    refuse_compression,
+    refuse_compression_settings,
     refuse_unsafe_serializer_choices,
     security_settings,
     verify_applied,
 )
 
-if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping
-
-__all__ = ["Hardening", "harden", "hardening_of"]
+__all__ = ["Hardening", "Policy", "harden", "hardening_of"]
 
 logger = logging.getLogger("security_lib")
 
@@ -73,9 +77,42 @@ class Hardening:
     warnings: tuple[str, ...] = field(default=())
     #: The ``broker_use_ssl`` harden() set (None: insecure lab broker allowed).
     broker_ssl: dict[str, Any] | None = None
+    #: Signers whose follow-ups are judged on the original signer's behalf (the workers).
+    follow_up_signers: tuple[str, ...] = ()
 
 
 _STATE: weakref.WeakKeyDictionary[Any, Hardening] = weakref.WeakKeyDictionary()
+
+
+#: What the first harden() of this process registered process-wide (kombu's
+#: ``auth`` serializer: the signing key, the trusted store, the digest).
+_PROCESS_IDENTITY: list[tuple[str, frozenset[str], str]] = []
+
+
+def _refuse_another_identity(
+    me: SignerIdentity, trusted: list[SignerIdentity], digest: str
+) -> None:
+    """Refuse a second harden() that would switch the process-wide signer or store.
+
+    Kombu's serializer registry and Celery's ``setup_security()`` are
+    process-global: a second identity would silently sign (and verify) for
+    every app already hardened in this process.
+    """
+    identity = (me.fingerprint, frozenset(t.fingerprint for t in trusted), digest.lower())
+    if _PROCESS_IDENTITY and _PROCESS_IDENTITY[0] != identity:
+        raise SecurityConfigError(
+            "harden",
+            f"this process was already hardened with another signing identity, cert store or "
+            f"digest (first signer fingerprint {_PROCESS_IDENTITY[0][0][:16]}..., now "
+            f"{me.label()}); the signer and store are process-wide in Celery and kombu",
+            "call harden() with one key, cert, cert_store and digest per process; run another "
+            "identity in its own process",
+        )
+
+
+def _forget_process_identity() -> None:
+    """Forget the process identity (tests only: each test stands for a process)."""
+    _PROCESS_IDENTITY.clear()
 
 
 def hardening_of(app: Any) -> Hardening | None:
@@ -110,11 +147,93 @@ def _replay_numbers(
     return window, skew, int(share)
 
 
+def _refuse_unsafe_settings(conf: Any, *, enable_remote_control: bool) -> None:
+    """Refuse serializer, compression and remote-control settings the kit cannot gate."""
+    refuse_unsafe_serializer_choices(conf)
+    refuse_code_changing_control(conf, enable_remote_control=enable_remote_control)
+    refuse_compression_settings(conf)
+
+
+def _follow_up_signers(value: object, me: SignerIdentity) -> tuple[str, ...]:
+    """Return the signers whose follow-ups are judged on the original's behalf."""
+    if value is None:
+        return (me.common_name,)
+    if isinstance(value, (str, bytes)) or not isinstance(value, Iterable):
+        raise PolicyError(
+            "follow_up_signers",
+            f"expected a list of signer names, got {value!r}",
+            'pass e.g. follow_up_signers=["signer-worker"] (a list, not a string)',
+        )
+    names = tuple(value)
+    if not all(isinstance(n, str) and n.strip() for n in names):
+        raise PolicyError(
+            "follow_up_signers",
+            f"every entry must be a certificate CN or fingerprint, got {names!r}",
+            "list the workers' signer names",
+        )
+    return names
+
+
 #: Default per-signer message rate the replay cache is sized for (messages/s).
 DEFAULT_REPLAY_RATE: Final = 1000.0
 
 
-def harden(
+@dataclass(frozen=True)
+class Policy:
+    """The security options of :func:`harden` in one frozen object.
+
+    ``harden(app, key=..., cert=..., cert_store=..., policy=Policy(...))`` is
+    the same as passing these as keywords (the older form, still accepted);
+    passing both is refused. Files and broker TLS stay keywords: they are
+    where this host keeps things, not what it allows. Values are checked by
+    :func:`harden`, with the same errors as the keywords.
+    """
+
+    allowed_tasks: Mapping[str, Iterable[str]] | AllowAnySigner | None = None
+    follow_up_signers: Iterable[str] | None = None
+    digest: str = "sha256"
+    replay_window: float = 300
+    clock_skew: float = 30
+    replay_max_rate: float = DEFAULT_REPLAY_RATE
+    replay_cache_size: int | None = None
+    replay_state_dir: PathLike | None = None
+    expiry_warning_days: int = 30
+    sign_results: bool = False
+    enable_remote_control: bool = False
+
+    def __post_init__(self) -> None:
+        """Freeze the allowlist and the signer list (a later edit must not change the policy)."""
+        allowed = self.allowed_tasks
+        if isinstance(allowed, Mapping):
+            frozen = {
+                k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in allowed.items()
+            }
+            object.__setattr__(self, "allowed_tasks", MappingProxyType(frozen))
+        if isinstance(self.follow_up_signers, list):
+            object.__setattr__(self, "follow_up_signers", tuple(self.follow_up_signers))
+
+
+def _one_policy(policy: Policy | None, keywords: Policy) -> Policy:
+    """Return the policy to apply: ``policy=`` or the keyword form, never both."""
+    if policy is None:
+        return keywords
+    if not isinstance(policy, Policy):
+        raise PolicyError(
+            "policy", f"expected a security_lib.Policy, got {policy!r}", "pass Policy(...)"
+        )
+    if keywords != Policy():
+        given = sorted(
+            f.name for f in fields(Policy) if getattr(keywords, f.name) != getattr(Policy(), f.name)
+        )
+        raise PolicyError(
+            "policy",
+            f"policy= given together with the keyword(s) {', '.join(given)}",
+            "put every option in the Policy(...) or pass none of them as keywords",
+        )
+    return policy
+
+
+def harden(  # noqa: PLR0912,PLR0915 - one linear sequence: every check, then configure
     app: Any,
     *,
     key: PathLike,
@@ -136,6 +255,9 @@ def harden(
     replay_cache_size: int | None = None,
     replay_state_dir: PathLike | None = None,
     replay_max_rate: float = DEFAULT_REPLAY_RATE,
+    follow_up_signers: Iterable[str] | None = None,
+    policy: Policy | None = None,
+    cert_store_ca: PathLike | None = None,
 ) -> Hardening:
     """Harden a Celery app: signed tasks with a bound envelope, broker TLS, fail closed.
 
@@ -152,7 +274,42 @@ def harden(
     ``replay_max_rate`` messages/s over ``replay_window + 2 * clock_skew``);
     ``replay_state_dir`` (the worker's own 0700 directory) keeps it across
     restarts, in a journal file per worker node name.
+
+    ``follow_up_signers`` (default: this process's own certificate CN) are the
+    workers: a message they publish while running a task (chain step, link,
+    errback, retry, replace, chord callback) names the original message, and
+    the gate judges it by the *original* signer and what that message listed.
+
+    ``cert_store_ca`` (optional): a CA bundle that must have issued every
+    certificate in the store (a stray certificate is refused by file name).
+
+    ``policy`` (a :class:`Policy`) groups the options above; the keywords are
+    the older form of the same thing.
     """
+    p = _one_policy(
+        policy,
+        Policy(
+            allowed_tasks=allowed_tasks,
+            follow_up_signers=follow_up_signers,
+            digest=digest,
+            replay_window=replay_window,
+            clock_skew=clock_skew,
+            replay_max_rate=replay_max_rate,
+            replay_cache_size=replay_cache_size,
+            replay_state_dir=replay_state_dir,
+            expiry_warning_days=expiry_warning_days,
+            sign_results=sign_results,
+            enable_remote_control=enable_remote_control,
+        ),
+    )
+    (allowed_tasks, follow_up_signers, digest, replay_window, clock_skew, replay_max_rate) = (
+        p.allowed_tasks, p.follow_up_signers, p.digest, p.replay_window, p.clock_skew,
+        p.replay_max_rate,
+    )  # fmt: skip
+    (replay_cache_size, replay_state_dir, expiry_warning_days, sign_results) = (
+        p.replay_cache_size, p.replay_state_dir, p.expiry_warning_days, p.sign_results,
+    )  # fmt: skip
+    enable_remote_control = p.enable_remote_control
     now = dt.datetime.now(dt.timezone.utc)
     window, skew, per_signer = _replay_numbers(
         replay_window, clock_skew, replay_max_rate, replay_cache_size
@@ -179,6 +336,8 @@ def harden(
         cert_store, now=now, warning_days=warn_days, setting="cert_store (security_cert_store)"
     )
     warnings.extend(store_warnings)
+    if cert_store_ca is not None:
+        check_store_issuer(store, cert_store_ca, "cert_store_ca")
     me = identity_of(certificate)
     if me.celery_id not in store:
         warnings.append(
@@ -187,16 +346,24 @@ def harden(
         )
 
     # 3. Signer allowlist.
-    policy = SignerPolicy(allowed_tasks)
-    if policy.allow_any:
+    allowlist = SignerPolicy(allowed_tasks)
+    if allowlist.allow_any:
         warnings.append("allowed_tasks=ALLOW_ANY_SIGNER: every trusted signer may run every task")
     identities = [entry.identity for entry in store.values()]
-    for signer_key in policy.signer_keys:
-        if not any(policy.matches_signer(signer_key, ident) for ident in identities):
+    _refuse_another_identity(me, identities, digest)
+    for signer_key in allowlist.signer_keys:
+        if not any(allowlist.matches_signer(signer_key, ident) for ident in identities):
             warnings.append(f"allowed_tasks names {signer_key!r}, which matches no store cert")
 
-    # 4. Serializers the app asked for, and the broker.
-    refuse_unsafe_serializer_choices(app.conf)
+    vouchers = _follow_up_signers(follow_up_signers, me)
+    if sign_results and follow_up_signers is None:
+        warnings.append(
+            f"sign_results=True: results are accepted only when signed by {me.common_name} "
+            "(this process); on a producer pass follow_up_signers=[<the workers' signers>]"
+        )
+
+    # 4. Serializers and compression the app asked for, remote control, the broker.
+    _refuse_unsafe_settings(app.conf, enable_remote_control=enable_remote_control)
     broker_ssl, broker_warnings = broker_tls_settings(
         app.conf,
         broker_ca=None if broker_ca is None else os.fspath(broker_ca),
@@ -234,23 +401,40 @@ def harden(
         raise SecurityConfigError(
             "setup_security", f"Celery refused the security settings: {exc}", "see the message"
         ) from exc
-    serializer = KitSerializer(key=private_key, cert=certificate, store=store, digest=digest)
+    serializer = KitSerializer(
+        key=private_key,
+        cert=certificate,
+        store=store,
+        digest=digest,
+        result_signer=(
+            (lambda ident: any(allowlist.matches_signer(k, ident) for k in vouchers))
+            if sign_results
+            else None
+        ),
+    )
     register_kit_serializer(serializer)
+    _PROCESS_IDENTITY[:] = [
+        (me.fingerprint, frozenset(i.fingerprint for i in identities), digest.lower())
+    ]
+    refuse_compression()
     verify_applied(app, sign_results=sign_results)
     install_sealer(app.amqp, active_signer_fingerprint)
+    if sign_results:
+        bind_results(app)
     install_gate(
         app,
         Gate(
             serializer,
-            policy,
+            allowlist,
             ReplayCache(window, skew, max_per_signer=per_signer),
             state_dir=state_dir,
+            follow_up_signers=vouchers,
         ),
     )
     hardening = Hardening(
         signer=me,
         trusted_signers=tuple(identities),
-        policy=policy,
+        policy=allowlist,
         replay_window=window,
         clock_skew=skew,
         expiry_warning_days=warn_days,
@@ -262,6 +446,7 @@ def harden(
         broker_key=None if broker_key is None else os.fspath(broker_key),
         warnings=tuple(warnings),
         broker_ssl=broker_ssl,
+        follow_up_signers=vouchers,
     )
     _STATE[app] = hardening
     for message in warnings:

@@ -120,8 +120,10 @@ class SignerPolicy:
                     f"patterns for {signer!r} must be a list of strings, got {patterns!r}",
                     f'write {{"{signer}": ["{patterns!s}"]}} (a list, not a string)',
                 )
+            # An empty list is allowed on purpose: a worker's signer that runs
+            # nothing on its own (its follow-ups are judged by the original signer).
             compiled = tuple(patterns)
-            if not compiled or not all(isinstance(p, str) and p for p in compiled):
+            if not all(isinstance(p, str) and p for p in compiled):
                 raise PolicyError(
                     "allowed_tasks",
                     f"patterns for {signer!r} must be non-empty strings, got {compiled!r}",
@@ -145,11 +147,12 @@ class SignerPolicy:
             return fingerprint == identity.fingerprint
         return key == identity.common_name
 
+    def patterns(self, identity: SignerIdentity) -> tuple[str, ...]:
+        """Return the task patterns ``identity`` has (by CN and by fingerprint)."""
+        return self._by_cn.get(identity.common_name, ()) + self._by_fp.get(identity.fingerprint, ())
+
     def allows(self, identity: SignerIdentity, task_name: str) -> bool:
         """Return True if ``identity`` may run ``task_name``."""
         if self.allow_any:
             return True
-        patterns = self._by_cn.get(identity.common_name, ()) + self._by_fp.get(
-            identity.fingerprint, ()
-        )
-        return any(fnmatchcase(task_name, pattern) for pattern in patterns)
+        return any(fnmatchcase(task_name, pattern) for pattern in self.patterns(identity))

@@ -155,6 +155,10 @@ class ReplayCache:
             return self.generation
 
     # -- the check ------------------------------------------------------------
+    def now(self) -> float:
+        """Return the current time of this cache's clock."""
+        return self._clock()
+
     def deadline(self, timestamp: float) -> float:
         """Return the first moment at which a message dated ``timestamp`` is expired."""
         return timestamp + self.window + self.clock_skew

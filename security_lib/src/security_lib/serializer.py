@@ -34,6 +34,7 @@ from kombu.utils import json as kombu_json
 
 from .certs import SignerIdentity, StoreEntry, identity_of
 from .errors import SecurityConfigError
+from .results import is_result_record
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -123,8 +124,11 @@ class KitSerializer:
         cert: x509.Certificate | None,
         store: Mapping[str, StoreEntry],
         digest: str = "sha256",
+        result_signer: Callable[[SignerIdentity], bool] | None = None,
     ) -> None:
         self._key = key
+        #: With sign_results: who may sign a result record (None: no check).
+        self._result_signer = result_signer
         self._signer = identity_of(cert) if cert is not None else None
         self._store = dict(store)
         self._digest = digest_algorithm(digest)
@@ -198,8 +202,19 @@ class KitSerializer:
         return Verified(signer=entry.identity, data=data)
 
     def deserialize(self, payload: bytes | str) -> Any:
-        """Kombu decoder: verify and return the body (used by Celery's own decode paths)."""
-        return self.verify(payload).data
+        """Kombu decoder: verify and return the body (used by Celery's own decode paths).
+
+        A result record (``sign_results=True``) signed by a certificate that is
+        not a result signer (a worker) is refused.
+        """
+        verified = self.verify(payload)
+        if (
+            self._result_signer is not None
+            and is_result_record(verified.data)
+            and not self._result_signer(verified.signer)
+        ):
+            raise VerificationError("result-signer-not-allowed", verified.signer.label())
+        return verified.data
 
 
 _ACTIVE: list[KitSerializer] = []

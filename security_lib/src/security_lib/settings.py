@@ -26,10 +26,11 @@ from collections.abc import Callable, Iterable
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
+from kombu import compression as kombu_compression
 from kombu.exceptions import ContentDisallowed
 from kombu.serialization import registry
 
-from .errors import BrokerTLSError, SerializerError
+from .errors import BrokerTLSError, SecurityConfigError, SerializerError
 from .files import check_private_key_file, check_readable_file
 
 __all__ = [
@@ -257,6 +258,76 @@ def verify_applied(app: Any, *, sign_results: bool | None = None) -> None:
             f"{', '.join(unsafe)} decoding is enabled in kombu's registry",
             "do not call kombu.enable_insecure_serializers(); harden() disables them",
         )
+    refuse_code_changing_control(conf)
+    expanding = expanding_decompressors()
+    if expanding:
+        raise SerializerError(
+            "kombu compression",
+            f"{', '.join(expanding)} still decompress in kombu's registry (decompression bombs)",
+            "do not register compression methods after security_lib.harden()",
+        )
+
+
+def refuse_code_changing_control(conf: Any, *, enable_remote_control: bool | None = None) -> None:
+    """Refuse remote control together with ``worker_pool_restarts``.
+
+    A ``pool_restart`` command (any trusted signer can send one when remote
+    control is on) re-imports modules and restarts the pool: code and pool
+    changed from the broker. The gate survives it, the operator's intent may not.
+    """
+    enabled = (
+        conf.get("worker_enable_remote_control")
+        if enable_remote_control is None
+        else enable_remote_control
+    )
+    if enabled and conf.get("worker_pool_restarts"):
+        raise SecurityConfigError(
+            "worker_pool_restarts",
+            "remote control is enabled together with worker_pool_restarts=True (a pool_restart "
+            "command from the broker re-imports modules and restarts the pool)",
+            "set worker_pool_restarts=False, or keep remote control off (the default)",
+        )
+
+
+#: What the kit's decoders return instead of expanding a compressed body.
+REFUSED_COMPRESSED: Final = b"security_lib: compressed body refused"
+
+
+def _refuse_compressed(data: bytes) -> bytes:
+    """Kombu decoder for every compression method: never expand (the gate refuses the message)."""
+    del data
+    return REFUSED_COMPRESSED
+
+
+def refuse_compression() -> None:
+    """Replace every decoder in kombu's compression registry with one that never expands.
+
+    Kombu decompresses a message body carrying a ``compression`` header while
+    it builds the message, before any Celery or kit code runs: a few hundred
+    bytes of bzip2 can expand to gigabytes. The kit's producers never
+    compress; the gate rejects any message with that header (``compressed``).
+    """
+    decoders = kombu_compression._decoders  # kombu has no public way to unregister
+    for name in list(decoders):
+        decoders[name] = _refuse_compressed
+
+
+def refuse_compression_settings(conf: Any) -> None:
+    """Refuse ``task_compression``/``result_compression``: workers refuse compressed messages."""
+    for setting in ("task_compression", "result_compression"):
+        if conf.get(setting):
+            raise SerializerError(
+                setting,
+                f"{setting}={conf.get(setting)!r}: workers refuse compressed messages "
+                "(kombu would expand them before any check: decompression bombs)",
+                f"leave {setting} unset",
+            )
+
+
+def expanding_decompressors() -> list[str]:
+    """Return the compression methods kombu would still expand."""
+    decoders = kombu_compression._decoders
+    return sorted(name for name, fun in decoders.items() if fun is not _refuse_compressed)
 
 
 def _connection_problem(conn: Any, expected_ssl: Any) -> str | None:
