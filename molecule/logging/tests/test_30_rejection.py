@@ -6,7 +6,7 @@ import os
 import time
 
 import pytest
-from kit_testlib import foreign_ca, quote, sign_with_kit_ca, tls_handshake, wait_for
+from kit_testlib import Handshake, foreign_ca, quote, sign_with_kit_ca, tls_handshake, wait_for
 
 from conftest import CLIENT, REMOTE_FILES, SERVER, found_on_server, lab, marker
 
@@ -71,19 +71,32 @@ def test_a_client_with_a_cert_from_another_ca_cannot_write(rogue_pki):
     assert "imrelp" in journal or "relp" in journal.lower(), journal
 
 
+def _relp_session(handshake: Handshake) -> bool:
+    """Did the server accept the TLS session?
+
+    The probe's line is no RELP frame: librelp answers "0 serverclose 0" and
+    drops the TCP connection without a TLS close_notify, which OpenSSL 3.5's
+    s_client (Debian 13) reports as "unexpected eof", whenever that answer
+    arrives before s_client quits. An answer at the RELP layer means the server
+    accepted the session, so it counts as accepted too.
+    """
+    verified = "Verify return code: 0 (ok)" in handshake.output
+    return handshake.accepted or (verified and "serverclose" in handshake.output)
+
+
 @pytest.mark.parametrize("version", ["tls1_2", "tls1_3"])
 def test_the_tls_handshake_fails_for_a_foreign_cert_and_succeeds_for_the_kit_cert(rogue_pki, version):
     cert, key = rogue_pki
     good = tls_handshake(lab(CLIENT), SERVER, 6514, ca=CA, cert=CERT, key=KEY, version=version, server_name=SERVER)
-    assert good.accepted, good.output
+    assert _relp_session(good), good.output
     bad = tls_handshake(lab(CLIENT), SERVER, 6514, ca=CA, cert=cert, key=key, version=version, server_name=SERVER)
-    assert not bad.accepted, bad.output
+    assert not _relp_session(bad), bad.output
 
 
 def test_a_client_without_a_certificate_is_refused():
     """The positive twin is the kit-cert handshake above, through the same probe."""
     out = tls_handshake(lab(CLIENT), SERVER, 6514, ca=CA, server_name=SERVER)
-    assert not out.accepted, out.output
+    assert not _relp_session(out), out.output
     assert "certificate required" in out.output or "alert" in out.output.lower(), out.output
 
 
