@@ -136,9 +136,20 @@ def test_worker_cannot_write_its_code_or_config(worker):
 
 
 def test_a_weak_key_mode_refuses_to_start_the_worker(worker):
-    """Fail closed: when harden() raises, ExecStartPre (the audit) stops the start."""
+    """Fail closed: when harden() raises, ExecStartPre (the audit) stops the start.
+
+    The worker sees a world-readable copy of its key, bound over the real one in
+    its own mount namespace by a runtime drop-in: the real key's inode is never
+    touched, so AIDE has nothing to report afterwards (a chmod and back moves
+    its ctime, and the next site.yml run would rightly stop on that drift).
+    """
     key = "/etc/celery-kit/signing/signer.key"
-    worker.check_output(f"chmod 0644 {key}")
+    weak = "/run/celery-kit-test-weak-signer.key"
+    dropin = f"/run/systemd/system/{SERVICE}.d/zz-test-weak-key.conf"
+    worker.check_output(f"install -m 0644 {key} {weak}")
+    worker.check_output(
+        f"install -d /run/systemd/system/{SERVICE}.d && "
+        f"printf '[Service]\\nBindReadOnlyPaths={weak}:{key}\\n' > {dropin} && systemctl daemon-reload")
     try:
         result = worker.run(f"systemctl restart {SERVICE}")
         assert result.rc != 0
@@ -146,7 +157,9 @@ def test_a_weak_key_mode_refuses_to_start_the_worker(worker):
         log = worker.check_output(f"journalctl -u {SERVICE} --no-pager -n 80 -o cat")
         assert "signer.key" in log, log
     finally:
-        worker.check_output(f"chmod 0600 {key}")
+        worker.check_output(f"rm -f {dropin} {weak} && systemctl daemon-reload")
         worker.run(f"systemctl reset-failed {SERVICE}")
         worker.check_output(f"systemctl restart {SERVICE}")
+    # The positive twin: the same unit with the real key starts.
     assert worker.service(SERVICE).is_running
+    assert worker.check_output(f"stat -c %a {key}") == "600"
