@@ -337,6 +337,45 @@ def test_store_symlink_into_a_writable_directory_is_refused(pki: PKI, tmp_path: 
     (store / "planted.pem").symlink_to(target)
     with pytest.raises(CertStoreError, match="writable by group/others"):
         harden(make_app(), pki, cert_store=store)
+    # the positive twin: the same symlink into a directory only its owner can write
+    shared.chmod(0o755)
+    harden(make_app(), pki, cert_store=store)
+
+
+@pytest.mark.parametrize("setting", ["task_compression", "result_compression"])
+def test_compression_settings_are_refused(pki: PKI, setting: str) -> None:
+    """Workers refuse compressed messages (bombs): a producer must not send them."""
+    app = make_app()
+    app.conf[setting] = "gzip"
+    with pytest.raises(SerializerError, match=setting):
+        harden(app, pki)
+    assert app.conf.task_serializer != "auth"  # nothing applied
+    app.conf[setting] = None  # the positive twin
+    harden(app, pki)
+    assert app.conf.task_serializer == "auth"
+
+
+def test_public_api_is_what_apps_need() -> None:
+    """Pinned: a new export is a decision (README "The public API is ...")."""
+    assert sorted(security_lib.__all__) == sorted(
+        [
+            "harden",
+            "Policy",
+            "ALLOW_ANY_SIGNER",
+            "Hardening",
+            "REASONS",
+            "REJECT_PREFIX",
+            "SecurityConfigError",
+            "BrokerTLSError",
+            "CertStoreError",
+            "CertificateError",
+            "FilePermissionError",
+            "KeyCertMismatchError",
+            "MissingFileError",
+            "PolicyError",
+            "SerializerError",
+        ]
+    )
 
 
 def test_second_harden_with_another_identity_is_refused(pki: PKI) -> None:
