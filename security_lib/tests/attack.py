@@ -163,7 +163,7 @@ def pack(signer_id: str, signature: bytes, content_type: str, encoding: str, bod
     return base64.b64encode(fields).decode()
 
 
-def producer_app(name: str, signer: Issued) -> Celery:
+def producer_app(name: str, signer: Issued, **conf: Any) -> Celery:
     """Return a real Celery producer (memory transport) that signs as ``signer``.
 
     harden() allows one signing identity per process and the in-process worker
@@ -188,5 +188,6 @@ def producer_app(name: str, signer: Issued) -> Celery:
         result_accept_content=["json"],
         broker_transport_options={"polling_interval": 0.005},
     )
+    app.conf.update(conf)
     install_sealer(app.amqp, lambda: signer.fingerprint)
     return app
