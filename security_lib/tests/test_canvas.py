@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from attack import Forger, ListHandler, producer_app, wait_for
-from celery import Celery, Task, chord
+from celery import Celery, Task, chord, group
 from celery.canvas import Signature, chunks, xmap, xstarmap
 from celery.contrib.testing.worker import start_worker
 from conftest import PKI
@@ -119,6 +119,7 @@ def canvas(pki: PKI) -> Iterator[Canvas]:
                 "cv.replacer",
                 "celery.starmap",
                 "celery.map",
+                "celery.group",
             ],
             "signer-other": ["cv.pub.*", "cv.exact"],
         },
@@ -178,6 +179,28 @@ def test_chord_body_hidden_in_a_nested_chord_is_refused(canvas: Canvas) -> None:
     canvas.barrier()
     assert not any(y == 300 for _, y in ran("cv.add"))
     assert ran("cv.dangerous") == []
+
+
+# --- a group as a link: the worker publishes each member on the producer's behalf ---
+
+
+def test_group_link_with_a_task_the_producer_may_not_run_is_refused(canvas: Canvas) -> None:
+    before = len(canvas.refusals("cv.add", "follow-up=cv.dangerous"))
+    first = canvas.sig("cv.add", 1, 600)
+    first.link(group(canvas.sig("cv.double"), canvas.sig("cv.dangerous")))
+    first.delay()
+    wait_for(lambda: len(canvas.refusals("cv.add", "follow-up=cv.dangerous")) == before + 1)
+    canvas.barrier()
+    assert (1, 600) not in ran("cv.add")
+    assert ran("cv.dangerous") == []
+
+
+def test_group_link_of_allowed_tasks_runs(canvas: Canvas) -> None:
+    """Positive twin: both members run, published by the worker (signer-worker: [])."""
+    first = canvas.sig("cv.add", 2, 700)
+    first.link(group(canvas.sig("cv.double"), canvas.sig("cv.double")))
+    first.delay()
+    wait_for(lambda: ran("cv.double").count((702,)) == 2)
 
 
 # --- built-in tasks that call a task from their arguments -----------------------
