@@ -99,11 +99,12 @@ class Forger:
         envelope_signer: str | None = None,
         route: list[str] | None = None,
         root: str | None = None,
+        kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
         task_id = str(uuid.uuid4())
         headers, properties, body, _ = self.app.amqp.create_task_message(
-            task_id, name, args, {}, **options
+            task_id, name, args, kwargs or {}, **options
         )
         if envelope:
             fp = envelope_signer or (self.signer.fingerprint if self.signer else "")

@@ -93,6 +93,14 @@ def canvas(pki: PKI) -> Iterator[Canvas]:
     for name in ("cv.pub.report", "cv.pub.admin.wipe", "cv.exact", "cv.exactly", "cv.exact.sub"):
         recorder(name, lambda *a: "ok")
 
+    @task(app, "cv.dangerous3")
+    def dangerous3(request: Any, exc: Any, traceback: Any) -> str:
+        # Takes (request, exc, traceback): Celery calls such an errback in the
+        # worker, without any message.
+        with _LOCK:
+            RAN.append(("cv.dangerous", "errback", (str(exc),)))
+        return "pwned"
+
     @task(app, "cv.replacer", bind=True)
     def replacer(self: Task, target: str, x: Any) -> Any:
         with _LOCK:
@@ -243,6 +251,46 @@ def test_built_in_calling_an_allowed_task_runs(
 ) -> None:
     """Positive twin: the same built-ins over a task the producer may run."""
     assert BUILT_INS[kind](canvas, name).apply_async().get(timeout=30) == expected
+
+
+# --- bare signatures: Celery takes any mapping with a "task" key as one -----------
+#
+# A dict without "options"/"subtask_type" is still a signature to Celery: an
+# errback is called in the worker (no message) when the task takes more than
+# one argument, and celery.starmap/map only look up ``signature(task).type``.
+
+
+@pytest.mark.parametrize(
+    "where",
+    ["errback", "starmap", "map"],
+)
+def test_bare_signature_the_producer_may_not_run_is_refused(canvas: Canvas, where: str) -> None:
+    bare: dict[str, Any] = {"task": "cv.dangerous3", "args": [], "kwargs": {}}
+    wanted = "cv.dangerous3" if where == "errback" else "cv.dangerous"
+    if where == "errback":
+        # cv.add with one argument fails (TypeError) and would call the errback
+        msg = canvas.forger.signed("cv.add", (f"bare-{where}",), errbacks=[bare])
+    else:
+        name = f"celery.{where}"
+        item: Any = [f"bare-{where}"] if where == "starmap" else f"bare-{where}"
+        msg = canvas.forger.signed(
+            name, (), kwargs={"task": {"task": "cv.dangerous"}, "it": [item]}
+        )
+    canvas.forger.publish(msg)
+    line = wait_for(lambda: next((ln for ln in list(canvas.log.lines) if msg.id in ln), None))
+    assert "reason=signer-not-allowed" in line
+    assert line.endswith(f"detail=follow-up={wanted}")
+    canvas.barrier()
+    assert ran("cv.dangerous") == []
+
+
+def test_bare_signature_of_an_allowed_task_runs(canvas: Canvas) -> None:
+    """Positive twin: the same bare form over a task the producer may run."""
+    msg = canvas.forger.signed(
+        "celery.map", (), kwargs={"task": {"task": "cv.double"}, "it": ["bare-ok"]}
+    )
+    canvas.forger.publish(msg)
+    wait_for(lambda: ("bare-ok",) in ran("cv.double"))
 
 
 # --- replace() --------------------------------------------------------------------

@@ -135,3 +135,17 @@ def test_gate_step_refuses_an_app_that_was_not_hardened() -> None:
     step = GateStep.__new__(GateStep)
     with pytest.raises(SecurityConfigError, match=r"not hardened"):
         step.start(consumer)
+
+
+def test_bare_mappings_with_a_task_count_as_signatures() -> None:
+    """Celery calls ``signature(d)`` on any mapping: {"task": name} alone can run."""
+    from security_lib.policy import tasks_a_message_can_run
+
+    body = [[], {"task": {"task": "proj.wipe"}, "data": {"task": "not a task name"}}, {}]
+    registered = {"proj.wipe"}.__contains__
+    assert tasks_a_message_can_run(body, registered) == {"proj.wipe"}
+    # a full signature counts even if it runs elsewhere (that worker checks it again)
+    full = [[], {}, {"callbacks": [{"task": "elsewhere.x", "options": {}}]}]
+    assert tasks_a_message_can_run(full, registered) == {"elsewhere.x"}
+    # without the registry every mapping with a string "task" counts (fail closed)
+    assert tasks_a_message_can_run(body) == {"proj.wipe", "not a task name"}

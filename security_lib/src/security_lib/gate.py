@@ -119,6 +119,9 @@ class Gate:
         #: of the original signer: the workers.
         self.follow_up_signers = follow_up_signers
         self._originals: dict[str, tuple[SignerIdentity, float, frozenset[str], float]] = {}
+        #: Whether a task name can run on this worker (its registry), bound by
+        #: :class:`GateStep`; None: every mapping with a ``task`` is a signature.
+        self.is_task: Callable[[str], bool] | None = None
 
     def check(
         self,
@@ -242,7 +245,7 @@ class Gate:
         if now >= valid_until:
             return "root-expired-signer", None
         try:
-            wanted = tasks_a_message_can_run(body)
+            wanted = tasks_a_message_can_run(body, self.is_task)
         except CanvasTooLargeError:
             return "canvas-too-large", None
         wanted.add(task_name)
@@ -272,7 +275,7 @@ class Gate:
         if envelope.root is not None:
             return "root-is-a-follow-up"
         try:
-            listed = tasks_a_message_can_run(original.data)
+            listed = tasks_a_message_can_run(original.data, self.is_task)
         except CanvasTooLargeError:
             return "canvas-too-large"
         listed.add(str(envelope.headers.get("task")))
@@ -293,7 +296,7 @@ class Gate:
         if self.policy.allow_any:
             return None
         try:
-            follow_ups = tasks_a_message_can_run(body)
+            follow_ups = tasks_a_message_can_run(body, self.is_task)
         except CanvasTooLargeError:
             return "canvas-too-large"
         for name in sorted(follow_ups):
@@ -532,6 +535,8 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
             # connection the consumer really opened, and the ones it may open.
             check_broker_connection(c.connection, hardening.broker_ssl)
             check_broker_connections(c.app, hardening.broker_ssl)
+        # Bare {"task": name} mappings count as signatures when name can run here.
+        gate.is_task = c.app.tasks.__contains__
         generation = gate.replay.new_connection()
         if gate.state_dir is not None:
             gate.replay.open_journal(gate.state_dir / journal_name(c))

@@ -9,7 +9,7 @@ the certificate that verified the signature, never a name in the message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final
 
@@ -30,16 +30,23 @@ class CanvasTooLargeError(ValueError):
     """The body nests deeper or holds more items than the walk accepts (fail closed)."""
 
 
-def tasks_a_message_can_run(body: Any) -> set[str]:
+def tasks_a_message_can_run(body: Any, is_task: Callable[[str], bool] | None = None) -> set[str]:
     """Return every task name a protocol 2 body can make run besides its own ``task``.
 
     Celery runs (or publishes, signed with the worker's key) what travels in
     the body: ``callbacks`` (link), ``errbacks`` (link_error, some called in
     the worker without a message), ``chain`` and ``chord`` in the embed, and
     signatures in the arguments of the built-in ``celery.*`` tasks (group,
-    chord, map, starmap, chunks), nested to any depth. Any mapping with a
-    string ``task`` and a ``subtask_type`` or ``options`` key is taken as a
-    signature, wherever it sits (over-approximation: fail closed).
+    chord, map, starmap, chunks), nested to any depth.
+
+    Celery turns *any* mapping into a signature: a bare ``{"task": name}``
+    errback is called in the worker, and ``celery.starmap``/``celery.map``
+    only look up ``signature(task).type``. So a mapping with a string
+    ``task`` is taken as a signature, wherever it sits, when it has a
+    ``subtask_type`` or ``options`` key (it may be published to another
+    worker, whose gate checks it again) or when ``task`` names a task that can
+    run here (``is_task``, the worker's registry). Without ``is_task`` every
+    mapping with a string ``task`` counts. Over-approximation: fail closed.
     Raises :class:`CanvasTooLargeError` beyond :data:`MAX_DEPTH`/:data:`MAX_NODES`.
     """
     names: set[str] = set()
@@ -52,7 +59,9 @@ def tasks_a_message_can_run(body: Any) -> set[str]:
             raise CanvasTooLargeError("canvas too deep or too large")
         if isinstance(node, Mapping):
             name = node.get("task")
-            if isinstance(name, str) and ("subtask_type" in node or "options" in node):
+            if isinstance(name, str) and (
+                "subtask_type" in node or "options" in node or is_task is None or is_task(name)
+            ):
                 names.add(name)
             stack.extend((value, depth + 1) for value in node.values())
         elif isinstance(node, (list, tuple)):
