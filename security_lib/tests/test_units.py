@@ -149,3 +149,9 @@ def test_bare_mappings_with_a_task_count_as_signatures() -> None:
     assert tasks_a_message_can_run(full, registered) == {"elsewhere.x"}
     # without the registry every mapping with a string "task" counts (fail closed)
     assert tasks_a_message_can_run(body) == {"proj.wipe", "not a task name"}
+    # a plain task name is a signature to Celery too (errback "proj.wipe", map's task=)
+    named = [[], {"task": "proj.wipe", "it": ["proj.wipe-not"]}, {"errbacks": ["proj.wipe"]}]
+    assert tasks_a_message_can_run(named, registered) == {"proj.wipe"}
+    # the kit's envelope is not walked (Celery never reads it)
+    sealed = [[], {}, {"security_lib": {"headers": {"task": "proj.wipe"}}}]
+    assert tasks_a_message_can_run(sealed, registered) == set()

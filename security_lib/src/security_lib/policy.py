@@ -14,6 +14,7 @@ from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final
 
 from .certs import normalize_fingerprint
+from .envelope import ENVELOPE_KEY
 from .errors import PolicyError
 
 if TYPE_CHECKING:
@@ -46,11 +47,18 @@ def tasks_a_message_can_run(body: Any, is_task: Callable[[str], bool] | None = N
     ``subtask_type`` or ``options`` key (it may be published to another
     worker, whose gate checks it again) or when ``task`` names a task that can
     run here (``is_task``, the worker's registry). Without ``is_task`` every
-    mapping with a string ``task`` counts. Over-approximation: fail closed.
+    mapping with a string ``task`` counts. Celery also makes a signature of a
+    plain task *name* (an errback ``"proj.wipe"``, ``celery.map``'s
+    ``task="proj.wipe"``): every string value that names a task registered
+    here counts too. Over-approximation: fail closed. The kit's own envelope
+    (``embed["security_lib"]``, which Celery never interprets) is not walked.
     Raises :class:`CanvasTooLargeError` beyond :data:`MAX_DEPTH`/:data:`MAX_NODES`.
     """
     names: set[str] = set()
     stack: list[tuple[Any, int]] = [(body, 0)]
+    if isinstance(body, (list, tuple)) and len(body) == 3 and isinstance(body[2], Mapping):  # noqa: PLR2004 - protocol 2 body
+        embed = {k: v for k, v in body[2].items() if k != ENVELOPE_KEY}
+        stack = [(body[0], 1), (body[1], 1), (embed, 1)]
     seen = 0
     while stack:
         node, depth = stack.pop()
@@ -66,6 +74,8 @@ def tasks_a_message_can_run(body: Any, is_task: Callable[[str], bool] | None = N
             stack.extend((value, depth + 1) for value in node.values())
         elif isinstance(node, (list, tuple)):
             stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, str) and is_task is not None and is_task(node):
+            names.add(node)
     return names
 
 
