@@ -71,6 +71,9 @@ def _message(task_id: str) -> tuple[dict[str, Any], tuple[Any, ...]]:
         "root_id": task_id,
         "parent_id": None,
         "replaced_task_nesting": 0,
+        # as Celery 5.7 sends them (bound since envelope v4)
+        "stamped_headers": None,
+        "stamps": {},
     }
     body = (
         [2, 3],

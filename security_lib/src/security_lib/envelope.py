@@ -110,6 +110,8 @@ def normalize(value: Any) -> Any:
     """
     if value is None or isinstance(value, (str, int)):  # bool is an int: unchanged by JSON
         return value  # the common case, without the round trip (per header, per message)
+    if not value and isinstance(value, (dict, list, tuple)):
+        return {} if isinstance(value, dict) else []  # e.g. Celery's default stamps={}
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 
