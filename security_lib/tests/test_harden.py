@@ -301,6 +301,33 @@ def test_url_query_that_overrides_tls_options_is_refused(pki: PKI, query: str) -
     assert app.conf.task_serializer != "auth"  # nothing applied
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("broker_url", "amqps://kit-broker:5671/kit;amqp://kit-broker-2:5672/kit"),
+        ("broker_url", "amqps://kit-broker:5671/kit;amqps://kit-broker-2:5671/kit?ssl=1"),
+        ("broker_read_url", "memory://"),
+        ("broker_write_url", "amqp://kit-broker:5672/kit"),
+    ],
+)
+def test_every_connection_celery_may_open_is_checked(pki: PKI, setting: str, value: str) -> None:
+    """A failover URL, the read URL and the write URL: each is a connection Celery opens."""
+    app = make_app("amqps://kit-broker:5671/kit")
+    app.conf[setting] = value
+    with pytest.raises(BrokerTLSError, match="broker_"):
+        harden(app, pki, **tls_args(pki))
+    assert app.conf.task_serializer != "auth"  # nothing applied
+
+
+def test_failover_and_read_write_urls_over_tls_pass(pki: PKI) -> None:
+    """The positive twin: every URL amqps:// with the kit's TLS options."""
+    app = make_app("amqps://kit-broker:5671/kit;amqps://kit-broker-2:5671/kit")
+    app.conf.broker_read_url = "amqps://kit-broker:5671/kit"
+    app.conf.broker_write_url = "amqps://kit-broker:5671/kit"
+    harden(app, pki, **tls_args(pki))
+    assert app.conf.task_serializer == "auth"
+
+
 def tls_args(pki: PKI) -> dict[str, Any]:
     return {
         "allow_insecure_broker": False,
