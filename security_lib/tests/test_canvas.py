@@ -446,3 +446,28 @@ def test_chord_unlock_with_a_body_the_producer_may_not_run_is_refused(unlock: Un
     assert unlock.client.signature("cvu.add", args=(1, 1)).delay().get(timeout=20) == 2
     assert not any(y == 500 for _, y in ran("cvu.add"))
     assert ran("cvu.dangerous") == []
+
+
+# --- the walk is bounded ------------------------------------------------------------
+
+
+def test_body_beyond_the_walk_bounds_is_refused(canvas: Canvas) -> None:
+    """More than 100,000 values (or nesting deeper than 32) is refused, not walked forever."""
+    big = canvas.forger.publish(canvas.forger.signed("cv.tsum", ([1] * 100_001,)))
+    line = wait_for(lambda: next((ln for ln in list(canvas.log.lines) if big.id in ln), None))
+    assert line.endswith(
+        "reason=signer-not-allowed task=cv.tsum id="
+        + big.id
+        + " signer=signer-client detail=canvas-too-large"
+    )
+    deep: Any = 1
+    for _ in range(40):
+        deep = [deep]
+    nested = canvas.forger.publish(canvas.forger.signed("cv.tsum", (deep,)))
+    line = wait_for(lambda: next((ln for ln in list(canvas.log.lines) if nested.id in ln), None))
+    assert line.endswith("detail=canvas-too-large")
+    canvas.barrier()
+    assert not any(tid in (big.id, nested.id) for _, tid, _ in RAN)
+    # the positive twin: a large body inside the bounds runs
+    ok = canvas.forger.publish(canvas.forger.signed("cv.tsum", ([1] * 50_000,)))
+    wait_for(lambda: any(tid == ok.id for _, tid, _ in RAN), timeout=30)
