@@ -60,11 +60,20 @@ kit_ensure_venv() {
   hash=$(cat "$KIT_ROOT/requirements/controller.txt" "$KIT_ROOT/requirements/constraints.txt" \
          | sha256sum | cut -c1-12)
   KIT_VENV=${KIT_VENV:-$KIT_CACHE/venv-$hash}
-  # The stamp is written last, so an interrupted install is redone.
+  # .kit-created is written right after `python3 -m venv`, .kit-complete
+  # last, so an interrupted install is redone. Only a virtualenv the kit
+  # created is ever removed: KIT_VENV may name a directory of the user's.
   if [ ! -f "$KIT_VENV/.kit-complete" ]; then
+    if [ -e "$KIT_VENV" ] && [ ! -f "$KIT_VENV/.kit-created" ] \
+       && [ -n "$(ls -A "$KIT_VENV" 2>/dev/null)" ]; then
+      echo "error: KIT_VENV=$KIT_VENV exists and the kit did not create it;" \
+           "the kit will not remove it. Unset KIT_VENV or name an empty or new directory." >&2
+      exit 2
+    fi
     kit_log "Creating the controller virtualenv in $KIT_VENV"
-    rm -rf "$KIT_VENV"
+    if [ -f "$KIT_VENV/.kit-created" ]; then rm -rf "$KIT_VENV"; fi
     python3 -m venv "$KIT_VENV"
+    touch "$KIT_VENV/.kit-created"
     "$KIT_VENV/bin/pip" install -q -r "$KIT_ROOT/requirements/controller.txt" \
       -c "$KIT_ROOT/requirements/constraints.txt"
     touch "$KIT_VENV/.kit-complete"

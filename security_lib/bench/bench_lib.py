@@ -71,6 +71,9 @@ def _message(task_id: str) -> tuple[dict[str, Any], tuple[Any, ...]]:
         "root_id": task_id,
         "parent_id": None,
         "replaced_task_nesting": 0,
+        # as Celery 5.7 sends them (bound since envelope v4)
+        "stamped_headers": None,
+        "stamps": {},
     }
     body = (
         [2, 3],
@@ -156,6 +159,10 @@ def run(  # noqa: PLR0915 - a flat list of measured paths
     journaled.open_journal(Path(journal_dir.name) / "replay-bench.jsonl")
     gate_with_journal = Gate(kit, policy, journaled)
     follow_gate = Gate(kit, policy, ReplayCache(300, 30), follow_up_signers=("signer-bench",))
+    # As on a worker: GateStep binds the app's task registry (names in bodies count).
+    registry = {"proj.tasks.add", "proj.tasks.report", "celery.chord_unlock"}.__contains__
+    for each in (gate, gate_with_journal, follow_gate):
+        each.is_task = registry
     route = ["proj", "proj"]
     delivery = {"exchange": "proj", "routing_key": "proj", "redelivered": False}
     original: list[str] = []

@@ -15,9 +15,10 @@ from typing import Any
 
 from celery import Celery
 from conftest import Issued
+from kombu.serialization import registry
 
-from security_lib.envelope import make_envelope
-from security_lib.serializer import SEPARATOR, KitSerializer
+from security_lib.envelope import install_sealer, make_envelope
+from security_lib.serializer import AUTH_CONTENT_TYPE, SEPARATOR, KitSerializer
 
 LINE = re.compile(
     r"^security_lib rejected message: reason=(?P<reason>\S+) task=(?P<task>\S+) "
@@ -98,11 +99,12 @@ class Forger:
         envelope_signer: str | None = None,
         route: list[str] | None = None,
         root: str | None = None,
+        kwargs: dict[str, Any] | None = None,
         **options: Any,
     ) -> tuple[dict[str, Any], dict[str, Any], Any]:
         task_id = str(uuid.uuid4())
         headers, properties, body, _ = self.app.amqp.create_task_message(
-            task_id, name, args, {}, **options
+            task_id, name, args, kwargs or {}, **options
         )
         if envelope:
             fp = envelope_signer or (self.signer.fingerprint if self.signer else "")
@@ -160,3 +162,33 @@ def pack(signer_id: str, signature: bytes, content_type: str, encoding: str, bod
         ]
     )
     return base64.b64encode(fields).decode()
+
+
+def producer_app(name: str, signer: Issued, **conf: Any) -> Celery:
+    """Return a real Celery producer (memory transport) that signs as ``signer``.
+
+    harden() allows one signing identity per process and the in-process worker
+    holds it; a producer with another key would need another process, which
+    the memory transport cannot reach. This app uses the kit's own
+    serializer and sealer with ``signer``'s key under a second kombu encoder
+    name (same content type, no decoder: the worker's decoding stays the
+    kit's), so Celery's canvas code (chords, starmap, chunks...) publishes
+    exactly what a hardened producer with that key publishes.
+    """
+    kit = KitSerializer(key=signer.private_key, cert=signer.certificate, store={}, digest="sha256")
+    encoder = f"auth-as-{signer.cn}"
+    owner = registry.type_to_name.get(AUTH_CONTENT_TYPE)
+    register: Callable[..., None] = registry.register  # kombu is untyped
+    register(encoder, kit.serialize, None, AUTH_CONTENT_TYPE, "utf-8")
+    if owner is not None:
+        registry.type_to_name[AUTH_CONTENT_TYPE] = owner  # decoding is the worker's
+    app = Celery(name, broker="memory://", backend="cache+memory://", set_as_current=False)
+    app.conf.update(
+        task_serializer=encoder,
+        result_serializer="json",
+        result_accept_content=["json"],
+        broker_transport_options={"polling_interval": 0.005},
+    )
+    app.conf.update(conf)
+    install_sealer(app.amqp, lambda: signer.fingerprint)
+    return app

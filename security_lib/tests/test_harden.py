@@ -301,6 +301,33 @@ def test_url_query_that_overrides_tls_options_is_refused(pki: PKI, query: str) -
     assert app.conf.task_serializer != "auth"  # nothing applied
 
 
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [
+        ("broker_url", "amqps://kit-broker:5671/kit;amqp://kit-broker-2:5672/kit"),
+        ("broker_url", "amqps://kit-broker:5671/kit;amqps://kit-broker-2:5671/kit?ssl=1"),
+        ("broker_read_url", "memory://"),
+        ("broker_write_url", "amqp://kit-broker:5672/kit"),
+    ],
+)
+def test_every_connection_celery_may_open_is_checked(pki: PKI, setting: str, value: str) -> None:
+    """A failover URL, the read URL and the write URL: each is a connection Celery opens."""
+    app = make_app("amqps://kit-broker:5671/kit")
+    app.conf[setting] = value
+    with pytest.raises(BrokerTLSError, match="broker_"):
+        harden(app, pki, **tls_args(pki))
+    assert app.conf.task_serializer != "auth"  # nothing applied
+
+
+def test_failover_and_read_write_urls_over_tls_pass(pki: PKI) -> None:
+    """The positive twin: every URL amqps:// with the kit's TLS options."""
+    app = make_app("amqps://kit-broker:5671/kit;amqps://kit-broker-2:5671/kit")
+    app.conf.broker_read_url = "amqps://kit-broker:5671/kit"
+    app.conf.broker_write_url = "amqps://kit-broker:5671/kit"
+    harden(app, pki, **tls_args(pki))
+    assert app.conf.task_serializer == "auth"
+
+
 def tls_args(pki: PKI) -> dict[str, Any]:
     return {
         "allow_insecure_broker": False,
@@ -337,6 +364,45 @@ def test_store_symlink_into_a_writable_directory_is_refused(pki: PKI, tmp_path: 
     (store / "planted.pem").symlink_to(target)
     with pytest.raises(CertStoreError, match="writable by group/others"):
         harden(make_app(), pki, cert_store=store)
+    # the positive twin: the same symlink into a directory only its owner can write
+    shared.chmod(0o755)
+    harden(make_app(), pki, cert_store=store)
+
+
+@pytest.mark.parametrize("setting", ["task_compression", "result_compression"])
+def test_compression_settings_are_refused(pki: PKI, setting: str) -> None:
+    """Workers refuse compressed messages (bombs): a producer must not send them."""
+    app = make_app()
+    app.conf[setting] = "gzip"
+    with pytest.raises(SerializerError, match=setting):
+        harden(app, pki)
+    assert app.conf.task_serializer != "auth"  # nothing applied
+    app.conf[setting] = None  # the positive twin
+    harden(app, pki)
+    assert app.conf.task_serializer == "auth"
+
+
+def test_public_api_is_what_apps_need() -> None:
+    """Pinned: a new export is a decision (README "The public API is ...")."""
+    assert sorted(security_lib.__all__) == sorted(
+        [
+            "harden",
+            "Policy",
+            "ALLOW_ANY_SIGNER",
+            "Hardening",
+            "REASONS",
+            "REJECT_PREFIX",
+            "SecurityConfigError",
+            "BrokerTLSError",
+            "CertStoreError",
+            "CertificateError",
+            "FilePermissionError",
+            "KeyCertMismatchError",
+            "MissingFileError",
+            "PolicyError",
+            "SerializerError",
+        ]
+    )
 
 
 def test_second_harden_with_another_identity_is_refused(pki: PKI) -> None:

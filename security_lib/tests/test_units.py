@@ -135,3 +135,23 @@ def test_gate_step_refuses_an_app_that_was_not_hardened() -> None:
     step = GateStep.__new__(GateStep)
     with pytest.raises(SecurityConfigError, match=r"not hardened"):
         step.start(consumer)
+
+
+def test_bare_mappings_with_a_task_count_as_signatures() -> None:
+    """Celery calls ``signature(d)`` on any mapping: {"task": name} alone can run."""
+    from security_lib.policy import tasks_a_message_can_run
+
+    body = [[], {"task": {"task": "proj.wipe"}, "data": {"task": "not a task name"}}, {}]
+    registered = {"proj.wipe"}.__contains__
+    assert tasks_a_message_can_run(body, registered) == {"proj.wipe"}
+    # a full signature counts even if it runs elsewhere (that worker checks it again)
+    full = [[], {}, {"callbacks": [{"task": "elsewhere.x", "options": {}}]}]
+    assert tasks_a_message_can_run(full, registered) == {"elsewhere.x"}
+    # without the registry every mapping with a string "task" counts (fail closed)
+    assert tasks_a_message_can_run(body) == {"proj.wipe", "not a task name"}
+    # a plain task name is a signature to Celery too (errback "proj.wipe", map's task=)
+    named = [[], {"task": "proj.wipe", "it": ["proj.wipe-not"]}, {"errbacks": ["proj.wipe"]}]
+    assert tasks_a_message_can_run(named, registered) == {"proj.wipe"}
+    # the kit's envelope is not walked (Celery never reads it)
+    sealed = [[], {}, {"security_lib": {"headers": {"task": "proj.wipe"}}}]
+    assert tasks_a_message_can_run(sealed, registered) == set()

@@ -241,7 +241,8 @@ def test_changed_expires_is_rejected(kit: Kit) -> None:
 @pytest.mark.parametrize(
     ("header", "value"),
     [("argsrepr", "('harmless',)"), ("kwargsrepr", "{'shown': 1}"), ("origin", "gen1@trusted"),
-     ("ignore_result", True)],
+     ("ignore_result", True), ("group_index", 7), ("stamped_headers", ["tenant"]),
+     ("stamps", {"tenant": "other"})],
 )  # fmt: skip
 def test_changed_informational_header_is_rejected(kit: Kit, header: str, value: Any) -> None:
     msg = kit.client.signed("kit.safe", ("secret-args",))

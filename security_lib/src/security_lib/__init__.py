@@ -1,13 +1,15 @@
 """Hardening for Celery on RabbitMQ: one call, fail closed.
 
-Public API: :func:`harden` (options as keywords or one frozen :class:`Policy`),
-:data:`ALLOW_ANY_SIGNER`, the error types and the audit entry point :func:`audit`.
+Public API (what an app needs): :func:`harden` (options as keywords or one
+frozen :class:`Policy`) and the :class:`Hardening` record it returns,
+:data:`ALLOW_ANY_SIGNER`, the error types, and the log contract
+(:data:`REJECT_PREFIX`, :data:`REASONS`). The audit is a command
+(``python -m security_lib audit``, ``celery-kit-audit``), not an import.
 See the README for the threat model.
 """
 
 from __future__ import annotations
 
-from .audit import AuditCheck, audit
 from .errors import (
     BrokerTLSError,
     CertificateError,
@@ -20,14 +22,13 @@ from .errors import (
     SerializerError,
 )
 from .gate import REASONS, REJECT_PREFIX
-from .hardening import Hardening, Policy, harden, hardening_of
+from .hardening import Hardening, Policy, harden
 from .policy import ALLOW_ANY_SIGNER
 
 __all__ = [
     "ALLOW_ANY_SIGNER",
     "REASONS",
     "REJECT_PREFIX",
-    "AuditCheck",
     "BrokerTLSError",
     "CertStoreError",
     "CertificateError",
@@ -39,9 +40,7 @@ __all__ = [
     "PolicyError",
     "SecurityConfigError",
     "SerializerError",
-    "audit",
     "harden",
-    "hardening_of",
 ]
 
 __version__ = "0.1.0"

@@ -41,9 +41,10 @@ __all__ = [
 #: Key of the envelope inside the protocol 2 ``embed`` mapping.
 ENVELOPE_KEY: Final = "security_lib"
 #: Version 2 added the route (exchange, routing key), version 3 the AMQP
-#: properties ``reply_to``, ``correlation_id`` and ``priority``; older
+#: properties ``reply_to``, ``correlation_id`` and ``priority``, version 4 the
+#: headers ``group_index``, ``stamped_headers`` and ``stamps``; older
 #: envelopes are refused (upgrade producers and workers together).
-ENVELOPE_VERSION: Final = 3
+ENVELOPE_VERSION: Final = 4
 
 #: Timestamps outside this range (seconds since the epoch) are absurd: refused.
 MIN_TIMESTAMP: Final = 1_000_000_000.0  # 2001
@@ -57,7 +58,10 @@ MAX_TIMESTAMP: Final = 10_000_000_000.0  # 2286
 #: ``root_id``, ``parent_id`` (workflow bookkeeping), ``argsrepr``/
 #: ``kwargsrepr``/``origin`` (what logs, events and failure reports show: a
 #: captured message must not show fake arguments), ``ignore_result`` (changes
-#: behaviour). The AMQP *properties* ``reply_to`` and ``priority`` are not bound.
+#: behaviour), ``group_index`` (where a chord header's result lands in the list
+#: the body receives, with Redis), ``stamped_headers``/``stamps`` (Celery 5.3+
+#: stamping: what ``revoke_by_stamped_headers`` matches). The AMQP properties
+#: ``reply_to``, ``correlation_id`` and ``priority`` are bound separately.
 BOUND_HEADERS: Final = (
     "task",
     "id",
@@ -74,6 +78,9 @@ BOUND_HEADERS: Final = (
     "kwargsrepr",
     "origin",
     "ignore_result",
+    "group_index",
+    "stamped_headers",
+    "stamps",
 )
 
 _MARK: Final = "__security_lib_sealer__"
@@ -103,6 +110,8 @@ def normalize(value: Any) -> Any:
     """
     if value is None or isinstance(value, (str, int)):  # bool is an int: unchanged by JSON
         return value  # the common case, without the round trip (per header, per message)
+    if not value and isinstance(value, (dict, list, tuple)):
+        return {} if isinstance(value, dict) else []  # e.g. Celery's default stamps={}
     return json.loads(json.dumps(value, default=str, sort_keys=True))
 
 

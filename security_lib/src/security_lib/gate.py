@@ -119,6 +119,9 @@ class Gate:
         #: of the original signer: the workers.
         self.follow_up_signers = follow_up_signers
         self._originals: dict[str, tuple[SignerIdentity, float, frozenset[str], float]] = {}
+        #: Whether a task name can run on this worker (its registry), bound by
+        #: :class:`GateStep`; None: every mapping with a ``task`` is a signature.
+        self.is_task: Callable[[str], bool] | None = None
 
     def check(
         self,
@@ -172,21 +175,24 @@ class Gate:
         if route != envelope.route:
             return Verdict("route-mismatch", signer, f"signed-for={'/'.join(envelope.route)}")
         root = payload.decode("ascii") if isinstance(payload, bytes) else payload
-        refused, root = self.allowlist(signer, envelope, str(headers["task"]), verified.data, root)
+        refused, root, accountable = self.allowlist(
+            signer, envelope, str(headers["task"]), verified.data, root
+        )
         if refused is not None:
             return Verdict("signer-not-allowed", signer, refused)
         reason = self.replay.check(
             replay_key(headers),
             envelope.timestamp,
-            signer=signer.fingerprint,
+            signer=accountable.fingerprint,
             redelivered=info.get("redelivered") is True,
+            label=accountable.label(),
         )
         return Verdict(reason, signer, "", root)
 
     def allowlist(
         self, signer: SignerIdentity, envelope: Envelope, task_name: str, body: Any, root: str
-    ) -> tuple[str | None, str]:
-        """Apply the allowlist; return ``(refusal detail or None, root payload)``.
+    ) -> tuple[str | None, str, SignerIdentity]:
+        """Apply the allowlist; return ``(refusal detail or None, root payload, accountable)``.
 
         A follow-up a worker published while running a task is judged by the
         original signer and what the original message listed; anything else
@@ -194,25 +200,33 @@ class Gate:
         did not list) by the sender's own allowlist entry, including every
         task it can make run afterwards or around it (links, errbacks, chains,
         chords, canvases in ``celery.*`` arguments), before anything runs.
+        ``accountable`` is the signer whose replay-cache share the message
+        uses: the original signer for a follow-up accepted on its behalf, so
+        that one producer's workflows cannot fill the workers' share and lock
+        every other producer's follow-ups out.
         """
         refused: str | None = None
         if envelope.root is not None and self.may_vouch(signer):
-            refused = self.on_behalf_refused(envelope.root, task_name, body)
-            if refused is None:
-                return None, envelope.root
+            refused, original = self.on_behalf_refused(envelope.root, task_name, body)
+            if refused is None and original is not None:
+                return None, envelope.root, original
         if not self.policy.allows(signer, task_name):
-            return refused or "-", root
+            return refused or "-", root, signer
         own = self.follow_up_refused(signer, body)
         if own is not None:
-            return own, root
-        return None, root
+            return own, root, signer
+        return None, root, signer
 
     def may_vouch(self, signer: SignerIdentity) -> bool:
         """Return True if ``signer`` may publish follow-ups on another signer's behalf."""
         return any(self.policy.matches_signer(key, signer) for key in self.follow_up_signers)
 
-    def on_behalf_refused(self, root: str, task_name: str, body: Any) -> str | None:  # noqa: PLR0911
-        """Return why a follow-up may not run on behalf of ``root``'s signer (None: it may).
+    def on_behalf_refused(  # noqa: PLR0911
+        self, root: str, task_name: str, body: Any
+    ) -> tuple[str | None, SignerIdentity | None]:
+        """Return why a follow-up may not run on behalf of ``root``'s signer, and that signer.
+
+        ``(None, original signer)``: it may.
 
         ``root`` is the signed payload of the original message. The follow-up
         (its own task and everything it can make run) must be among the task
@@ -223,24 +237,24 @@ class Gate:
         """
         original = self._original(root)
         if isinstance(original, str):
-            return original
+            return original, None
         signer, timestamp, listed, valid_until = original
         now = self.replay.now()
         if not timestamp - self.replay.clock_skew <= now < self.replay.deadline(timestamp):
-            return "root-expired"
+            return "root-expired", None
         if now >= valid_until:
-            return "root-expired-signer"
+            return "root-expired-signer", None
         try:
-            wanted = tasks_a_message_can_run(body)
+            wanted = tasks_a_message_can_run(body, self.is_task)
         except CanvasTooLargeError:
-            return "canvas-too-large"
+            return "canvas-too-large", None
         wanted.add(task_name)
         for name in sorted(wanted):
             if name not in listed:
-                return f"not-in-original={name}"
+                return f"not-in-original={name}", None
             if not self.policy.allows(signer, name):
-                return f"on-behalf-of={signer.common_name}"
-        return None
+                return f"on-behalf-of={signer.common_name}", None
+        return None, signer
 
     def _original(self, root: str) -> tuple[SignerIdentity, float, frozenset[str], float] | str:
         """Verify an original message once: ``(signer, ts, names it listed, cert end)`` or why not.
@@ -261,7 +275,7 @@ class Gate:
         if envelope.root is not None:
             return "root-is-a-follow-up"
         try:
-            listed = tasks_a_message_can_run(original.data)
+            listed = tasks_a_message_can_run(original.data, self.is_task)
         except CanvasTooLargeError:
             return "canvas-too-large"
         listed.add(str(envelope.headers.get("task")))
@@ -282,7 +296,7 @@ class Gate:
         if self.policy.allow_any:
             return None
         try:
-            follow_ups = tasks_a_message_can_run(body)
+            follow_ups = tasks_a_message_can_run(body, self.is_task)
         except CanvasTooLargeError:
             return "canvas-too-large"
         for name in sorted(follow_ups):
@@ -521,6 +535,8 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
             # connection the consumer really opened, and the ones it may open.
             check_broker_connection(c.connection, hardening.broker_ssl)
             check_broker_connections(c.app, hardening.broker_ssl)
+        # Bare {"task": name} mappings count as signatures when name can run here.
+        gate.is_task = c.app.tasks.__contains__
         generation = gate.replay.new_connection()
         if gate.state_dir is not None:
             gate.replay.open_journal(gate.state_dir / journal_name(c))

@@ -9,11 +9,12 @@ the certificate that verified the signature, never a name in the message.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any, Final
 
 from .certs import normalize_fingerprint
+from .envelope import ENVELOPE_KEY
 from .errors import PolicyError
 
 if TYPE_CHECKING:
@@ -30,20 +31,34 @@ class CanvasTooLargeError(ValueError):
     """The body nests deeper or holds more items than the walk accepts (fail closed)."""
 
 
-def tasks_a_message_can_run(body: Any) -> set[str]:
+def tasks_a_message_can_run(body: Any, is_task: Callable[[str], bool] | None = None) -> set[str]:
     """Return every task name a protocol 2 body can make run besides its own ``task``.
 
     Celery runs (or publishes, signed with the worker's key) what travels in
     the body: ``callbacks`` (link), ``errbacks`` (link_error, some called in
     the worker without a message), ``chain`` and ``chord`` in the embed, and
     signatures in the arguments of the built-in ``celery.*`` tasks (group,
-    chord, map, starmap, chunks), nested to any depth. Any mapping with a
-    string ``task`` and a ``subtask_type`` or ``options`` key is taken as a
-    signature, wherever it sits (over-approximation: fail closed).
+    chord, map, starmap, chunks), nested to any depth.
+
+    Celery turns *any* mapping into a signature: a bare ``{"task": name}``
+    errback is called in the worker, and ``celery.starmap``/``celery.map``
+    only look up ``signature(task).type``. So a mapping with a string
+    ``task`` is taken as a signature, wherever it sits, when it has a
+    ``subtask_type`` or ``options`` key (it may be published to another
+    worker, whose gate checks it again) or when ``task`` names a task that can
+    run here (``is_task``, the worker's registry). Without ``is_task`` every
+    mapping with a string ``task`` counts. Celery also makes a signature of a
+    plain task *name* (an errback ``"proj.wipe"``, ``celery.map``'s
+    ``task="proj.wipe"``): every string value that names a task registered
+    here counts too. Over-approximation: fail closed. The kit's own envelope
+    (``embed["security_lib"]``, which Celery never interprets) is not walked.
     Raises :class:`CanvasTooLargeError` beyond :data:`MAX_DEPTH`/:data:`MAX_NODES`.
     """
     names: set[str] = set()
     stack: list[tuple[Any, int]] = [(body, 0)]
+    if isinstance(body, (list, tuple)) and len(body) == 3 and isinstance(body[2], Mapping):  # noqa: PLR2004 - protocol 2 body
+        embed = {k: v for k, v in body[2].items() if k != ENVELOPE_KEY}
+        stack = [(body[0], 1), (body[1], 1), (embed, 1)]
     seen = 0
     while stack:
         node, depth = stack.pop()
@@ -52,11 +67,15 @@ def tasks_a_message_can_run(body: Any) -> set[str]:
             raise CanvasTooLargeError("canvas too deep or too large")
         if isinstance(node, Mapping):
             name = node.get("task")
-            if isinstance(name, str) and ("subtask_type" in node or "options" in node):
+            if isinstance(name, str) and (
+                "subtask_type" in node or "options" in node or is_task is None or is_task(name)
+            ):
                 names.add(name)
             stack.extend((value, depth + 1) for value in node.values())
         elif isinstance(node, (list, tuple)):
             stack.extend((value, depth + 1) for value in node)
+        elif isinstance(node, str) and is_task is not None and is_task(node):
+            names.add(node)
     return names
 
 

@@ -164,9 +164,18 @@ class ReplayCache:
         return timestamp + self.window + self.clock_skew
 
     def check(  # noqa: PLR0911 - one return per outcome
-        self, key: Hashable, timestamp: float, *, signer: str = "-", redelivered: bool = False
+        self,
+        key: Hashable,
+        timestamp: float,
+        *,
+        signer: str = "-",
+        redelivered: bool = False,
+        label: str | None = None,
     ) -> str | None:
         """Record ``key`` and return None if it may run, else the rejection reason.
+
+        ``signer`` is whose share the entry uses (a fingerprint); ``label`` its
+        name for the log line (default: ``signer``).
 
         The boundary is exact: a message dated ``ts`` is accepted while
         ``ts - clock_skew <= now < ts + window + clock_skew`` and remembered
@@ -202,7 +211,7 @@ class ReplayCache:
                         "security_lib replay cache: signer %s holds %d entries (its share); "
                         "its messages are refused until they expire; other signers are not "
                         "affected",
-                        signer,
+                        signer if label is None else f"{label} ({signer})",
                         held,
                     )
                 return "replay-cache-full"
