@@ -44,6 +44,12 @@ class ListHandler(logging.Handler):
         return [m for m in found if m is not None and m["id"] == task_id]
 
 
+def task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
+    """Return ``app.task(...)`` typed (Celery's decorator is untyped)."""
+    decorator: Callable[[Callable[..., Any]], Any] = app.task(name=name, **options)
+    return decorator
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from attack import Forger, ListHandler, producer_app, wait_for
+from attack import Forger, ListHandler, producer_app, task, wait_for
 from celery import Celery, Task, chord, group
 from celery.canvas import Signature, chunks, xmap, xstarmap
 from celery.contrib.testing.worker import start_worker
@@ -41,12 +41,6 @@ def ran(name: str) -> list[Any]:
     """Return the arguments ``name`` ran with, in order."""
     with _LOCK:
         return [x for n, _, x in RAN if n == name]
-
-
-def task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Return ``app.task(...)`` typed (Celery's decorator is untyped)."""
-    decorator: Callable[[Callable[..., Any]], Any] = app.task(name=name, **options)
-    return decorator
 
 
 @dataclass

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from attack import ListHandler, producer_app, wait_for
+from attack import ListHandler, producer_app, task, wait_for
 from celery import Celery, Task, chord
 from celery.contrib.testing.worker import start_worker
 from conftest import PKI
@@ -28,12 +28,6 @@ def ran(name: str) -> list[Any]:
     """Return the arguments ``name`` ran with, in order."""
     with _LOCK:
         return [x for n, _, x in RAN if n == name]
-
-
-def task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Return ``app.task(...)`` typed (Celery's decorator is untyped)."""
-    decorator: Callable[[Callable[..., Any]], Any] = app.task(name=name, **options)
-    return decorator
 
 
 # Backends without an atomic counter (here the filesystem backend; also the

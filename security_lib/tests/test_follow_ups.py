@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from attack import Forger, ListHandler, Message, tamper_body, wait_for
+from attack import Forger, ListHandler, Message, tamper_body, task, wait_for
 from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
 from conftest import PKI
@@ -27,12 +27,6 @@ import security_lib
 from security_lib.gate import GatedStrategies
 
 RAN: list[tuple[str, str, Any]] = []
-
-
-def task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Return ``app.task(...)`` typed (Celery's decorator is untyped)."""
-    decorator: Callable[[Callable[..., Any]], Any] = app.task(name=name, **options)
-    return decorator
 
 
 @dataclass

@@ -12,13 +12,13 @@ import datetime as dt
 import pickle
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from attack import Forger, ListHandler, Message, pack, tamper_body, wait_for
+from attack import Forger, ListHandler, Message, pack, tamper_body, task, wait_for
 from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
 from celery.worker.request import Request
@@ -47,12 +47,6 @@ class Boom:
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (open, (str(self.path), "w"))
-
-
-def task(app: Celery, name: str, **options: Any) -> Callable[[Callable[..., Any]], Any]:
-    """Return ``app.task(...)`` typed (Celery's decorator is untyped)."""
-    decorator: Callable[[Callable[..., Any]], Any] = app.task(name=name, **options)
-    return decorator
 
 
 @dataclass
