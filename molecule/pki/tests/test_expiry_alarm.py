@@ -11,42 +11,15 @@ import uuid
 
 import pytest
 import testinfra
-from kit_testlib import Case, assert_verdict, lab, quote, run_preflight_cases
+from kit_testlib import Case, assert_verdict, lab, probe_certificate, run_preflight_cases
 
 CHECK = "/usr/local/sbin/celery-kit-cert-expiry"
 UNIT = "celery-kit-cert-expiry"
 TAG = "celery-kit-pki"
 
-# Builds a self-signed certificate ending `days` from now (negative: ended)
-# with the host's python3-cryptography, which the pki role installs.
-MAKE_CERT = """
-import datetime as dt, sys
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
-path, days, cn = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-key = ec.generate_private_key(ec.SECP256R1())
-now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
-name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-end = now + dt.timedelta(days=days)
-cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(min(now, end) - dt.timedelta(days=30))
-        .not_valid_after(end).sign(key, hashes.SHA256()))
-open(path, "wb").write(cert.public_bytes(serialization.Encoding.PEM))
-"""
-
-
 @pytest.fixture(scope="module")
 def host() -> testinfra.host.Host:
     return lab("pki-worker")
-
-
-def _cert(host: testinfra.host.Host, days: float) -> tuple[str, str]:
-    cn = f"expiry-probe-{uuid.uuid4().hex[:8]}"
-    path = f"/tmp/{cn}.pem"
-    host.check_output(f"python3 -c {quote(MAKE_CERT)} {path} {days} {cn}")
-    return path, cn
 
 
 def _journal(host: testinfra.host.Host, priority: str, needle: str) -> list[str]:
@@ -72,7 +45,7 @@ def test_the_real_certificates_pass_the_scheduled_check(host):
 
 
 def test_a_certificate_expiring_within_the_window_logs_a_warning(host):
-    path, cn = _cert(host, 2.5)
+    path, cn = probe_certificate(host, 2.5)
     result = host.run(f"{CHECK} {path}")
     assert result.rc == 0, result.stderr
     lines = _journal(host, "warning", f"path={path}")
@@ -84,13 +57,13 @@ def test_a_certificate_expiring_within_the_window_logs_a_warning(host):
 
 def test_a_certificate_outside_the_window_logs_nothing(host):
     """Positive twin of the warning: the probe certificate type itself is fine when far from its end."""
-    path, _ = _cert(host, 200)
+    path, _ = probe_certificate(host, 200)
     assert host.run(f"{CHECK} {path}").rc == 0
     assert not _journal(host, "warning", f"path={path}")
 
 
 def test_an_expired_certificate_logs_an_error_and_fails_the_check(host):
-    path, cn = _cert(host, -3)
+    path, cn = probe_certificate(host, -3)
     result = host.run(f"{CHECK} {path}")
     assert result.rc == 1
     lines = _journal(host, "err", f"path={path}")
