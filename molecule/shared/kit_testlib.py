@@ -19,6 +19,7 @@ import shlex
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
@@ -380,3 +381,36 @@ def sign_with_kit_ca(host: testinfra.host.Host, ca_dir: str | os.PathLike[str], 
                         "-CAkey", os.path.join(ca_dir, "ca.key"), "-set_serial", str(serial), "-days", "1",
                         "-extfile", "ext.cnf", "-out", "cert.pem"], cwd=tmp, check=True, capture_output=True)
         return pathlib.Path(tmp, "cert.pem").read_text(encoding="ascii")
+
+
+# --- certificates with chosen end dates ---------------------------------------
+
+_MAKE_PROBE_CERT = """
+import datetime as dt, sys
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+path, days, cn = sys.argv[1], float(sys.argv[2]), sys.argv[3]
+key = ec.generate_private_key(ec.SECP256R1())
+now = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)
+name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+end = now + dt.timedelta(days=days)
+cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(min(now, end) - dt.timedelta(days=30))
+        .not_valid_after(end).sign(key, hashes.SHA256()))
+open(path, "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+"""
+
+
+def probe_certificate(host: testinfra.host.Host, days: float) -> tuple[str, str]:
+    """A self-signed certificate in /tmp on the host ending ``days`` from now (negative: already ended).
+
+    Made with the host's python3-cryptography (the pki role installs it); for
+    checks that judge end dates without touching the kit's real certificates.
+    Returns its path and its unique common name.
+    """
+    cn = f"probe-{uuid.uuid4().hex[:8]}"
+    path = f"/tmp/{cn}.pem"
+    host.check_output(f"python3 -c {quote(_MAKE_PROBE_CERT)} {path} {days} {cn}")
+    return path, cn
