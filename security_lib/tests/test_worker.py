@@ -180,6 +180,28 @@ def test_allowed_client_signer_runs(kit: Kit) -> None:
     assert ("kit.safe", msg.id, "hello") in RAN
 
 
+def test_payload_is_verified_and_decoded_once(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate's verification is the only one: Celery gets the body it verified.
+
+    Stock Celery would verify and parse the payload again for the Request and
+    again for the trace. The task still gets exactly the signed arguments.
+    """
+    from security_lib.serializer import KitSerializer
+
+    calls: list[int] = []
+    original = KitSerializer.verify
+
+    def counting(self: KitSerializer, payload: bytes | str, **kwargs: Any) -> Any:
+        calls.append(len(payload))
+        return original(self, payload, **kwargs)
+
+    monkeypatch.setattr(KitSerializer, "verify", counting)
+    msg = kit.client.publish(kit.client.signed("kit.safe", ({"n": [1, 2.5, "x" * 100]},)))
+    kit.wait_ran(msg.id)
+    assert ("kit.safe", msg.id, {"n": [1, 2.5, "x" * 100]}) in RAN
+    assert calls == [len(msg.payload)]
+
+
 def test_retry_is_not_taken_for_a_replay(kit: Kit) -> None:
     result = kit.app.send_task("kit.retry_once")
     assert result.get(timeout=10) == "retried"
