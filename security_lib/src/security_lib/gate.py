@@ -260,7 +260,7 @@ class Gate:
     def _original(self, root: str) -> tuple[SignerIdentity, float, frozenset[str], float] | str:
         """Verify an original message once: ``(signer, ts, names it listed, cert end)`` or why not.
 
-        A chain's steps and a task's retries carry the same original: the RSA
+        A chain's steps and a task's retries carry the same original: the signature
         verification and the canvas walk are cached (bounded, successes only).
         """
         cached = self._originals.get(root)
