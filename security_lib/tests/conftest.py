@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,10 +12,26 @@ import pytest
 import rabbitmq as rabbitmq_container
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
+from security_lib.signing import PrivateKey, signer_for
+
 KEY_SIZE = 2048  # production uses 3072; 2048 keeps the test run fast
+#: Signer key types the attack tests run with: RSA (what stock Celery can
+#: verify) and Ed25519 (the pki role's default for signing certificates).
+ATTACK_KEY_TYPES = ("rsa", "ed25519")
+
+
+def new_key(key_type: str) -> PrivateKey:
+    """Return a fresh signing key of ``key_type`` (rsa, ed25519, ecdsa-p256)."""
+    if key_type == "rsa":
+        return rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
+    if key_type == "ed25519":
+        return ed25519.Ed25519PrivateKey.generate()
+    if key_type == "ecdsa-p256":
+        return ec.generate_private_key(ec.SECP256R1())
+    raise ValueError(key_type)
 
 
 @dataclass(frozen=True)
@@ -24,11 +40,15 @@ class Issued:
     key: Path
     cert: Path
     certificate: x509.Certificate
-    private_key: rsa.RSAPrivateKey
+    private_key: PrivateKey
 
     @property
     def fingerprint(self) -> str:
         return self.certificate.fingerprint(hashes.SHA256()).hex()
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign ``data`` as the kit does with this key (sha256 where a digest applies)."""
+        return signer_for(self.private_key, hashes.SHA256())(data)
 
 
 def write_private(path: Path, data: bytes, mode: int = 0o600) -> Path:
@@ -68,8 +88,9 @@ class CA:
         not_before: dt.timedelta = dt.timedelta(days=-1),
         not_after: dt.timedelta = dt.timedelta(days=365),
         name: str | None = None,
+        key_type: str = "rsa",
     ) -> Issued:
-        key = rsa.generate_private_key(public_exponent=65537, key_size=KEY_SIZE)
+        key = new_key(key_type)
         now = dt.datetime.now(dt.timezone.utc)
         cert = (
             x509.CertificateBuilder()
@@ -136,20 +157,38 @@ def _one_identity_per_test() -> None:
     _forget_process_identity()
 
 
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
-    root = tmp_path_factory.mktemp("pki")
+def make_pki(root: Path, key_type: str = "rsa") -> PKI:
+    """Return a test PKI whose signers have ``key_type`` keys (the CAs stay RSA)."""
     ca = CA("Kit Test CA", root / "ca")
     other_ca = CA("Other CA", root / "other-ca")
-    worker = ca.issue("signer-worker")
-    client = ca.issue("signer-client")
-    other = ca.issue("signer-other")
-    rogue = other_ca.issue("signer-client", name="rogue")  # same CN, wrong CA
+    worker = ca.issue("signer-worker", key_type=key_type)
+    client = ca.issue("signer-client", key_type=key_type)
+    other = ca.issue("signer-other", key_type=key_type)
+    rogue = other_ca.issue("signer-client", name="rogue", key_type=key_type)  # same CN, wrong CA
     store = root / "signers"
     store.mkdir()
     for item in (worker, client, other):
         (store / item.cert.name).write_bytes(item.cert.read_bytes())
     return PKI(root, ca, other_ca, worker, client, other, rogue, store)
+
+
+@pytest.fixture(scope="session")
+def pki_of(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], PKI]:
+    """Return a function giving the (session-wide) test PKI of one signer key type."""
+    made: dict[str, PKI] = {}
+
+    def of(key_type: str) -> PKI:
+        if key_type not in made:
+            made[key_type] = make_pki(tmp_path_factory.mktemp(f"pki-{key_type}"), key_type)
+        return made[key_type]
+
+    return of
+
+
+@pytest.fixture(scope="session")
+def pki(pki_of: Callable[[str], PKI]) -> PKI:
+    """RSA signers; the attack test modules override this with one PKI per key type."""
+    return pki_of("rsa")
 
 
 @pytest.fixture(scope="session")

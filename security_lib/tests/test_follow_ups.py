@@ -21,7 +21,7 @@ import pytest
 from attack import Forger, ListHandler, Message, tamper_body, task, wait_for
 from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
-from conftest import PKI
+from conftest import ATTACK_KEY_TYPES, PKI
 
 import security_lib
 from security_lib.gate import GatedStrategies
@@ -53,6 +53,21 @@ class FollowKit:
         return found
 
 
+@pytest.fixture(scope="module", params=ATTACK_KEY_TYPES)
+def pki(request: pytest.FixtureRequest, pki_of: Callable[[str], PKI]) -> PKI:
+    """Every test here runs once per signer key type (RSA and the default EC type).
+
+    Each key type's worker stands for another process: the identity the
+    previous one hardened with (a module fixture, set up before the per-test
+    reset) is forgotten here.
+    """
+    from security_lib.hardening import _forget_process_identity
+
+    _forget_process_identity()
+    key_type: str = request.param
+    return pki_of(key_type)
+
+
 @pytest.fixture(scope="module")
 def fkit(pki: PKI) -> Iterator[FollowKit]:
     app = Celery("fu", broker="memory://", backend="cache+memory://", set_as_current=False)
@@ -80,7 +95,7 @@ def fkit(pki: PKI) -> Iterator[FollowKit]:
     def spawn(self: Task, x: Any = None) -> None:
         # Sends a task the original message did not list (not a follow-up).
         RAN.append(("fu.spawn", str(self.request.id), x))
-        app.send_task("fu.second", (f"spawned-{x}",))
+        self.app.send_task("fu.second", (f"spawned-{x}",))  # this run's app, not a closure
 
     @task(app, "fu.fail", bind=True)
     def fail(self: Task, x: Any = None) -> None:

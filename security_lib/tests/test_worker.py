@@ -12,17 +12,17 @@ import datetime as dt
 import pickle
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 from attack import Forger, ListHandler, Message, pack, tamper_body, task, wait_for
-from celery import Celery, Task
+from celery import Celery, Task, current_task
 from celery.contrib.testing.worker import start_worker
 from celery.worker.request import Request
-from conftest import PKI
+from conftest import ATTACK_KEY_TYPES, PKI
 
 import security_lib
 from security_lib.gate import REJECT_PREFIX
@@ -79,31 +79,49 @@ class Kit:
         return str(matches[0]["reason"])
 
 
+@pytest.fixture(scope="module", params=ATTACK_KEY_TYPES)
+def pki(request: pytest.FixtureRequest, pki_of: Callable[[str], PKI]) -> PKI:
+    """Every test here runs once per signer key type (RSA and the default EC type).
+
+    Each key type's worker stands for another process: the identity the
+    previous one hardened with (a module fixture, set up before the per-test
+    reset) is forgotten here.
+    """
+    from security_lib.hardening import _forget_process_identity
+
+    _forget_process_identity()
+    key_type: str = request.param
+    return pki_of(key_type)
+
+
 @pytest.fixture(scope="module")
 def kit(pki: PKI) -> Iterator[Kit]:
+    # Celery keeps the callable first registered under a task name, also for a
+    # later app of the same process (this fixture runs once per key type):
+    # the task bodies find their request through current_task, not a closure.
     app = Celery("kit", broker="memory://", backend="cache+memory://", set_as_current=False)
     app.conf.broker_transport_options = {"polling_interval": 0.005}
 
     @task(app, "kit.safe")
     def safe(x: Any = None) -> Any:
-        RAN.append(("kit.safe", safe.request.id, x))
+        RAN.append(("kit.safe", current_task.request.id, x))
         return x
 
     @task(app, "kit.dangerous")
     def dangerous(x: Any = None) -> None:
-        RAN.append(("kit.dangerous", dangerous.request.id, x))
+        RAN.append(("kit.dangerous", current_task.request.id, x))
 
     @task(app, "kit.other_only")
     def other_only() -> None:
-        RAN.append(("kit.other_only", other_only.request.id, None))
+        RAN.append(("kit.other_only", current_task.request.id, None))
 
     @task(app, "kit.custom", base=CustomBase)
     def custom(x: Any = None) -> None:
-        RAN.append(("kit.custom", custom.request.id, x))
+        RAN.append(("kit.custom", current_task.request.id, x))
 
     @task(app, "kit.add")
     def add(x: int, y: int) -> int:
-        RAN.append(("kit.add", add.request.id, (x, y)))
+        RAN.append(("kit.add", current_task.request.id, (x, y)))
         return x + y
 
     @task(app, "kit.retry_once", bind=True)
@@ -160,6 +178,28 @@ def test_allowed_client_signer_runs(kit: Kit) -> None:
     msg = kit.client.publish(kit.client.signed("kit.safe", ("hello",)))
     kit.wait_ran(msg.id)
     assert ("kit.safe", msg.id, "hello") in RAN
+
+
+def test_payload_is_verified_and_decoded_once(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate's verification is the only one: Celery gets the body it verified.
+
+    Stock Celery would verify and parse the payload again for the Request and
+    again for the trace. The task still gets exactly the signed arguments.
+    """
+    from security_lib.serializer import KitSerializer
+
+    calls: list[int] = []
+    original = KitSerializer.verify
+
+    def counting(self: KitSerializer, payload: bytes | str, **kwargs: Any) -> Any:
+        calls.append(len(payload))
+        return original(self, payload, **kwargs)
+
+    monkeypatch.setattr(KitSerializer, "verify", counting)
+    msg = kit.client.publish(kit.client.signed("kit.safe", ({"n": [1, 2.5, "x" * 100]},)))
+    kit.wait_ran(msg.id)
+    assert ("kit.safe", msg.id, {"n": [1, 2.5, "x" * 100]}) in RAN
+    assert calls == [len(msg.payload)]
 
 
 def test_retry_is_not_taken_for_a_replay(kit: Kit) -> None:
@@ -335,11 +375,16 @@ def test_follow_up_the_signer_may_not_run_is_refused(kit: Kit, option: str) -> N
 
 def test_allowed_follow_up_runs(kit: Kit) -> None:
     """The positive twin: a link to a task the signer may run is accepted and runs."""
+
+    def firsts() -> int:  # RAN is shared by the runs of every key type
+        return sum(1 for name, _, x in RAN if name == "kit.safe" and x == "first")
+
+    before = firsts()
     msg = kit.client.publish(
         kit.client.signed("kit.safe", ("first",), callbacks=[_sig(kit, "kit.safe")])
     )
     kit.wait_ran(msg.id)
-    wait_for(lambda: sum(1 for name, _, x in RAN if name == "kit.safe" and x == "first") == 2)
+    wait_for(lambda: firsts() == before + 2)
 
 
 # --- allowlist ----------------------------------------------------------------
@@ -376,21 +421,11 @@ def signed_pickle(kit: Kit, proof: Path) -> tuple[dict[str, Any], dict[str, Any]
     ser = kit.client.serializer()
     signer = ser.signer
     assert signer is not None
-    signature = kit.pki.client.private_key.sign(body, *_pss())
+    signature = kit.pki.client.sign(body)
     return (
         headers,
         props,
         pack(signer.celery_id, signature, "application/x-python-serialize", "binary", body),
-    )
-
-
-def _pss() -> tuple[Any, Any]:
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import padding
-
-    return (
-        padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=padding.PSS.MAX_LENGTH),
-        hashes.SHA256(),
     )
 
 
@@ -404,12 +439,19 @@ def test_signed_pickle_body_is_not_deserialized(kit: Kit, tmp_path: Path) -> Non
 
 def test_stock_auth_serializer_would_unpickle_that_body(kit: Kit, tmp_path: Path) -> None:
     """Why the kit pins the inner content type: stock Celery loads it with force=True."""
+    from celery.exceptions import SecurityError
     from celery.security.certificate import Certificate, CertStore
     from celery.security.serialization import SecureSerializer
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
     proof = tmp_path / "stock-unpickled"
     _, _, payload = signed_pickle(kit, proof)
     store = CertStore()
+    if not isinstance(kit.pki.client.private_key, rsa.RSAPrivateKey):
+        # Stock Celery cannot even load an Ed25519/ECDSA signer: nothing to unpickle with.
+        with pytest.raises(SecurityError, match="Non-RSA certificates are not supported"):
+            Certificate(kit.pki.client.cert.read_text())
+        return
     store.add_cert(Certificate(kit.pki.client.cert.read_text()))
     SecureSerializer(cert_store=store, digest="sha256").deserialize(payload)
     assert proof.exists()

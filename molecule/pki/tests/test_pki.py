@@ -101,10 +101,37 @@ def test_signing_cert_is_not_a_tls_identity():
     assert "Digital Signature" in usage and "Key Encipherment" not in usage
 
 
-def test_signing_key_is_rsa_for_celery():
+def test_signing_key_without_a_type_is_rsa_3072():
+    """pki_issue_default_key_type (rsa) when the caller names no type: what stock Celery can verify."""
     host = _host("pki-worker")
     text = host.check_output("openssl pkey -in /etc/celery-kit/signing/signer.key -noout -text | head -1")
     assert "3072 bit" in text
+
+
+EC_SIGNERS = {
+    # file stem: (what `openssl pkey -text` prints first, curve line or None)
+    "signer-ed25519": ("ED25519 Private-Key:", None),
+    "signer-ecdsa-p256": ("Private-Key: (256 bit", "ASN1 OID: prime256v1"),
+}
+
+
+@pytest.mark.parametrize("stem", sorted(EC_SIGNERS))
+def test_ec_signing_certificate_has_the_asked_key_type(stem):
+    """key_type ed25519 / ecdsa-p256: that key on the host, its certificate from the CA, codeSigning only."""
+    host = _host("pki-worker")
+    key, pem = f"/etc/celery-kit/signing/{stem}.key", f"/etc/celery-kit/signing/{stem}.pem"
+    assert (host.file(key).user, host.file(key).mode) == ("root", 0o600)
+    first, curve = EC_SIGNERS[stem]
+    text = host.check_output(f"openssl pkey -in {key} -noout -text")
+    assert text.startswith(first), text[:80]
+    if curve:
+        assert curve in text
+    # The certificate holds the public key of this very key.
+    assert host.check_output(f"openssl pkey -in {key} -pubout") == host.check_output(
+        f"openssl x509 -in {pem} -noout -pubkey")
+    assert host.run(f"openssl verify -CAfile {CA_BUNDLE} {pem}").rc == 0
+    assert host.run(f"openssl verify -CAfile {CA_BUNDLE} -purpose sslclient {pem}").rc != 0
+    assert _subject(host, pem) == f"subject=CN={stem.replace('signer-', 'signer-demo-')}"
 
 
 def test_controller_holds_only_the_ca_key():
@@ -142,6 +169,15 @@ PREFLIGHT_CASES = [
     Case("email-purpose", "pki", "pki-worker",
          {"pki_certificates": [{"name": "x", "common_name": "x", "purpose": "email"}]},
          "and a 'purpose' among"),
+    Case("good-ec-key-types", "pki", "pki-worker",
+         {"pki_certificates": [{"name": "a", "common_name": "a", "purpose": "signing", "key_type": "ed25519"},
+                               {"name": "b", "common_name": "b", "purpose": "signing", "key_type": "ecdsa-p256"}]},
+         None),
+    Case("dsa-key-type", "pki", "pki-worker",
+         {"pki_certificates": [{"name": "x", "common_name": "x", "purpose": "signing", "key_type": "dsa"}]},
+         "a 'key_type', if given, must be among rsa, ed25519, ecdsa-p256"),
+    Case("bad-default-key-type", "pki", "pki-broker", {"pki_issue_default_key_type": "ecdsa-p521"},
+         "value of pki_issue_default_key_type must be one of: rsa, ed25519, ecdsa-p256, got: ecdsa-p521"),
     Case("window-longer-than-lifetime", "pki", "pki-broker", {"pki_renew_before_days": 400},
          "must be greater than pki_renew_before_days (400)"),
     Case("relative-ca-dir", "pki", "pki-broker", {"pki_ca_dir": "relative/ca"},

@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import NameOID
 
 from .errors import CertificateError, CertStoreError, KeyCertMismatchError
 from .files import check_private_key_file, check_readable_file, expand_cert_store, read_bytes
+from .signing import PrivateKey, PublicKey, supported_key
 
 if TYPE_CHECKING:
     import os
@@ -68,7 +68,7 @@ class StoreEntry:
 
     path: Path
     certificate: x509.Certificate
-    public_key: rsa.RSAPublicKey
+    public_key: PublicKey
     identity: SignerIdentity
 
 
@@ -101,7 +101,7 @@ def normalize_fingerprint(text: str) -> str | None:
 
 
 def load_certificate(path: str | os.PathLike[str], setting: str) -> x509.Certificate:
-    """Load a PEM certificate with an RSA public key (the only kind Celery's auth signs with)."""
+    """Load a PEM certificate whose key the kit verifies with (RSA, Ed25519, ECDSA P-256/P-384)."""
     p = check_readable_file(path, setting)
     try:
         cert = x509.load_pem_x509_certificate(read_bytes(p, setting))
@@ -109,19 +109,20 @@ def load_certificate(path: str | os.PathLike[str], setting: str) -> x509.Certifi
         raise CertificateError(
             setting, f"{p} is not a PEM certificate ({exc})", "install the PEM certificate there"
         ) from exc
-    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+    unsupported = supported_key(cert.public_key())
+    if unsupported is not None:
         raise CertificateError(
             setting,
-            f"{p} has a non-RSA public key; Celery's auth serializer signs with RSA-PSS only",
-            "issue an RSA certificate (the kit's PKI issues RSA 3072)",
+            f"{p} holds {unsupported}",
+            "issue a signing certificate with pki_issue_key_type ed25519, ecdsa-p256 or rsa",
         )
     return cert
 
 
 def load_private_key(
     path: str | os.PathLike[str], password: str | bytes | None, setting: str = "key"
-) -> rsa.RSAPrivateKey:
-    """Load an RSA private key after checking its owner and mode."""
+) -> PrivateKey:
+    """Load a signing key (RSA, Ed25519, ECDSA P-256/P-384) after checking its owner and mode."""
     p = check_private_key_file(path, setting)
     pw = password.encode() if isinstance(password, str) else password
     try:
@@ -137,28 +138,27 @@ def load_private_key(
             f"private key {p} cannot be loaded (wrong key_password or not a PEM key)",
             "check the file and key_password",
         ) from exc
-    if not isinstance(key, rsa.RSAPrivateKey):
+    unsupported = supported_key(key)
+    if unsupported is not None or not isinstance(key, PrivateKey):
         raise CertificateError(
             setting,
-            f"private key {p} is not RSA; Celery's auth serializer signs with RSA-PSS only",
-            "generate an RSA key (3072 bits)",
+            f"private key {p} is {unsupported or 'of an unsupported type'}",
+            "generate an Ed25519, ECDSA P-256 or RSA (3072 bits) key",
         )
     return key
 
 
 def check_key_matches_cert(
-    key: rsa.RSAPrivateKey, cert: x509.Certificate, key_path: str, cert_path: str
+    key: PrivateKey, cert: x509.Certificate, key_path: str, cert_path: str
 ) -> None:
     """Refuse a key that does not belong to the certificate.
 
     Otherwise every message would be signed with a key the workers cannot
     verify, and the first sign of trouble would be rejected tasks in production.
     """
-    cert_key = cert.public_key()
-    if (
-        not isinstance(cert_key, rsa.RSAPublicKey)
-        or cert_key.public_numbers() != key.public_key().public_numbers()
-    ):
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    # The DER SubjectPublicKeyInfo names the algorithm and the key: equal for every key type.
+    if cert.public_key().public_bytes(*spki) != key.public_key().public_bytes(*spki):
         raise KeyCertMismatchError(
             "key/cert",
             f"private key {key_path} does not match certificate {cert_path}",
@@ -207,7 +207,7 @@ def load_cert_store(
     """Load and validate every certificate Celery would trust from ``spec``.
 
     Returns the entries indexed by Celery's certificate id and the expiry
-    warnings. Fails on an empty store, a non-RSA or unparsable file, an
+    warnings. Fails on an empty store, an unsupported key type or unparsable file, an
     expired or not-yet-valid certificate, or a duplicate issuer+serial
     (Celery itself aborts on the last two, with a less helpful message).
     """
@@ -249,8 +249,8 @@ def load_cert_store(
                 "keep one copy of each signer certificate in the store",
             )
         public_key = cert.public_key()
-        if not isinstance(public_key, rsa.RSAPublicKey):  # load_certificate checked; for mypy
-            raise CertStoreError(setting, f"{path} is not RSA", "remove it")
+        if not isinstance(public_key, PublicKey):  # load_certificate checked; for mypy
+            raise CertStoreError(setting, f"{path} has an unsupported key type", "remove it")
         entries[identity.celery_id] = StoreEntry(path, cert, public_key, identity)
     return entries, warnings
 

@@ -48,7 +48,7 @@ class KeyCertMismatchError(SecurityConfigError):
 
 
 class CertificateError(SecurityConfigError):
-    """A certificate is invalid, not RSA, expired or not yet valid."""
+    """A certificate is invalid, has an unsupported key type, is expired or not yet valid."""
 
 
 class CertStoreError(SecurityConfigError):

@@ -52,6 +52,7 @@ __all__ = [
     "Gate",
     "GateStep",
     "Verdict",
+    "VerifiedMessage",
     "gate_for",
     "install_gate",
 ]
@@ -187,7 +188,7 @@ class Gate:
             redelivered=info.get("redelivered") is True,
             label=accountable.label(),
         )
-        return Verdict(reason, signer, "", root)
+        return Verdict(reason, signer, "", root, verified.data)
 
     def allowlist(
         self, signer: SignerIdentity, envelope: Envelope, task_name: str, body: Any, root: str
@@ -259,7 +260,7 @@ class Gate:
     def _original(self, root: str) -> tuple[SignerIdentity, float, frozenset[str], float] | str:
         """Verify an original message once: ``(signer, ts, names it listed, cert end)`` or why not.
 
-        A chain's steps and a task's retries carry the same original: the RSA
+        A chain's steps and a task's retries carry the same original: the signature
         verification and the canvas walk are cached (bounded, successes only).
         """
         cached = self._originals.get(root)
@@ -337,7 +338,7 @@ class Gate:
 class Verdict:
     """The gate's decision on one message (``reason`` None: it may run)."""
 
-    __slots__ = ("detail", "reason", "root", "signer")
+    __slots__ = ("body", "detail", "reason", "root", "signer")
 
     def __init__(
         self,
@@ -345,12 +346,48 @@ class Verdict:
         signer: SignerIdentity | None = None,
         detail: str = "",
         root: str | None = None,
+        body: Any = None,
     ) -> None:
         self.reason = reason
         self.signer = signer
         self.detail = detail
         #: The signed payload follow-ups of this message are judged by.
         self.root = root
+        #: The body the gate verified and decoded (``[args, kwargs, embed]``).
+        self.body = body
+
+
+class VerifiedMessage:
+    """The kombu message as Celery's strategy sees it once the gate accepted it.
+
+    Celery would otherwise verify and parse the signed payload twice more:
+    ``message.payload`` in the consumer (for the ``Request``) and ``loads()``
+    in the pool process (the trace). This view hands Celery the body the gate
+    verified, in Celery's own already-decoded form (``content_type`` None: the
+    trace unpacks the body instead of decoding it), so the payload is verified
+    and parsed exactly once, in the consumer, before anything runs. Everything
+    else (headers, properties, delivery info, ack and reject) is the real
+    message's; the real message keeps its raw body, so a transport that
+    re-publishes unacknowledged messages (kombu's virtual transports) restores
+    the original bytes.
+    """
+
+    __slots__ = ("_decoded_cache", "_message", "body", "payload")
+
+    content_type = None
+    content_encoding = None
+
+    def __init__(self, message: Any, body: Any) -> None:
+        self._message = message
+        self.body = self.payload = self._decoded_cache = body
+
+    def decode(self) -> Any:
+        """Return the verified body (kombu's ``Message.decode``)."""
+        return self.payload
+
+    def __getattr__(self, name: str) -> Any:
+        """Delegate everything else to the real kombu message."""
+        return getattr(self._message, name)
 
 
 def replay_key(headers: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -399,6 +436,8 @@ def gated_strategy(inner: StrategyHandler, gate: Gate, consumer: Any) -> Strateg
         # Overwrites whatever a publisher put there; Celery copies it into
         # task.request, where the sealer finds it for follow-ups.
         message.headers[ROOT_HEADER] = verdict.root
+        # Anything that still asks the real message decodes nothing again.
+        message._decoded_cache = verdict.body
         key = replay_key(message.headers)
 
         # Celery acknowledges when the task starts (acks_late: when it ends) and
@@ -417,7 +456,8 @@ def gated_strategy(inner: StrategyHandler, gate: Gate, consumer: Any) -> Strateg
                 replay.done(key)
             return reject(*a, **kw)
 
-        return inner(message, body, on_ack, on_reject, callbacks, *args, **kwargs)
+        verified = VerifiedMessage(message, verdict.body)
+        return inner(verified, body, on_ack, on_reject, callbacks, *args, **kwargs)
 
     setattr(task_message_handler, _MARK, True)
     return task_message_handler

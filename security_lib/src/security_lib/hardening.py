@@ -38,7 +38,7 @@ from .serializer import (
     KitSerializer,
     active_signer_fingerprint,
     digest_algorithm,
-    register_kit_serializer,
+    setup_kit_security,
 )
 from .settings import (
     broker_tls_settings,
@@ -395,12 +395,6 @@ def harden(  # noqa: PLR0912,PLR0915 - one linear sequence: every check, then co
     if broker_ssl is not None:
         settings["broker_use_ssl"] = broker_ssl
     app.conf.update(settings)
-    try:
-        app.setup_security()
-    except (ImproperlyConfigured, SecurityError, OSError, ValueError) as exc:
-        raise SecurityConfigError(
-            "setup_security", f"Celery refused the security settings: {exc}", "see the message"
-        ) from exc
     serializer = KitSerializer(
         key=private_key,
         cert=certificate,
@@ -412,7 +406,12 @@ def harden(  # noqa: PLR0912,PLR0915 - one linear sequence: every check, then co
             else None
         ),
     )
-    register_kit_serializer(serializer)
+    try:
+        setup_kit_security(app, serializer)
+    except (ImproperlyConfigured, SecurityError, OSError, ValueError) as exc:
+        raise SecurityConfigError(
+            "setup_security", f"Celery refused the security settings: {exc}", "see the message"
+        ) from exc
     _PROCESS_IDENTITY[:] = [
         (me.fingerprint, frozenset(i.fingerprint for i in identities), digest.lower())
     ]

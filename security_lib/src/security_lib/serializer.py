@@ -2,19 +2,27 @@ r"""The kit's signing serializer: Celery's ``auth`` wire format, plus the verifi
 
 It keeps Celery's wire format byte for byte (``base64(signer_id) \\x00\\x01
 base64(signature) \\x00\\x01 content_type \\x00\\x01 content_encoding \\x00\\x01
-body``, all base64-encoded), so a stock Celery worker can still verify kit
-messages. What it changes:
+body``, all base64-encoded). With an RSA signer a stock Celery worker can
+still verify kit messages. With an Ed25519 or ECDSA signer (much cheaper to
+sign, see :mod:`security_lib.signing`) it cannot: stock Celery refuses
+non-RSA certificates in its store, so it knows no certificate for the signer
+id, logs ``Unknown certificate`` and drops the message without running it.
+What it changes:
 
 * :meth:`KitSerializer.verify` returns *which* certificate verified the
   signature (:class:`~security_lib.certs.SignerIdentity`), looked up in the
   trusted store, so the worker gate can apply the allowlist to the real
-  signer, never to a claim inside the message.
+  signer, never to a claim inside the message. The signature algorithm is
+  the one of that certificate's key, never a field of the message.
 * The inner content type is pinned to JSON. Stock Celery deserializes the
   signed body with ``loads(..., force=True)`` using the *unsigned* inner
   content-type field, so a signed body can be fed to any registered decoder
   (pickle included). The kit refuses anything but JSON.
 * Certificates are re-checked for validity (not-before and not-after) at
   verification time, and errors carry a short, stable ``reason``.
+* Per message it does only per-message work: keys, verifiers, padding and
+  the constant fields of the wire format are prepared once; the body is
+  verified where it lies in the decoded payload (no copy) and parsed once.
 """
 
 from __future__ import annotations
@@ -26,21 +34,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from celery.exceptions import ImproperlyConfigured
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding
-from kombu.serialization import registry
+from kombu.serialization import disable_insecure_serializers, registry
 from kombu.utils import json as kombu_json
 
 from .certs import SignerIdentity, StoreEntry, identity_of
 from .errors import SecurityConfigError
 from .results import is_result_record
+from .signing import PrivateKey, Verify, signer_for, verifier_for
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from cryptography import x509
-    from cryptography.hazmat.primitives.asymmetric import rsa
 
 __all__ = [
     "AUTH_CONTENT_TYPE",
@@ -50,6 +58,7 @@ __all__ = [
     "Verified",
     "digest_algorithm",
     "register_kit_serializer",
+    "setup_kit_security",
 ]
 
 # kombu's JSON (it round-trips datetimes, UUIDs... the way Celery's json serializer does).
@@ -105,13 +114,13 @@ def _b64e(data: bytes) -> bytes:
     return base64.b64encode(data)
 
 
-def _b64d(data: bytes) -> bytes:
+def _b64d(data: bytes | str) -> bytes:
     return base64.b64decode(data, validate=True)
 
 
-def _pss(digest: hashes.HashAlgorithm) -> padding.PSS:
-    # Same padding as celery.security (PSS, MGF1 with the message digest, max salt).
-    return padding.PSS(mgf=padding.MGF1(digest), salt_length=padding.PSS.MAX_LENGTH)
+_SEP_LEN: Final = len(SEPARATOR)
+#: The fields between the signature and the body, the same in every kit message.
+_INNER_FIELDS: Final = SEPARATOR + INNER_CONTENT_TYPE.encode() + SEPARATOR + b"utf-8" + SEPARATOR
 
 
 class KitSerializer:
@@ -120,7 +129,7 @@ class KitSerializer:
     def __init__(
         self,
         *,
-        key: rsa.RSAPrivateKey | None,
+        key: PrivateKey | None,
         cert: x509.Certificate | None,
         store: Mapping[str, StoreEntry],
         digest: str = "sha256",
@@ -132,6 +141,17 @@ class KitSerializer:
         self._signer = identity_of(cert) if cert is not None else None
         self._store = dict(store)
         self._digest = digest_algorithm(digest)
+        self._sign = signer_for(key, self._digest) if key is not None else None
+        self._signer_field = (
+            _b64e(self._signer.celery_id.encode("utf-8")) + SEPARATOR
+            if self._signer is not None
+            else b""
+        )
+        #: Per trusted certificate: its entry and its verifier, built once.
+        self._verifiers: dict[str, tuple[StoreEntry, Verify]] = {
+            ref: (entry, verifier_for(entry.public_key, self._digest))
+            for ref, entry in self._store.items()
+        }
 
     @property
     def signer(self) -> SignerIdentity | None:
@@ -146,19 +166,10 @@ class KitSerializer:
     # -- signing ---------------------------------------------------------
     def serialize(self, data: Any) -> str:
         """Serialize ``data`` as JSON, sign it and pack it in Celery's auth format."""
-        if self._key is None or self._signer is None:
+        if self._sign is None:
             raise VerificationError("no-signing-key", "this process has no signing key")
         body = _json_dumps(data).encode("utf-8")
-        signature = self._key.sign(body, _pss(self._digest), self._digest)
-        fields = SEPARATOR.join(
-            [
-                _b64e(self._signer.celery_id.encode("utf-8")),
-                _b64e(signature),
-                INNER_CONTENT_TYPE.encode(),
-                b"utf-8",
-                body,
-            ]
-        )
+        fields = b"".join((self._signer_field, _b64e(self._sign(body)), _INNER_FIELDS, body))
         return _b64e(fields).decode("ascii")
 
     # -- verification ----------------------------------------------------
@@ -169,26 +180,33 @@ class KitSerializer:
         ``unknown-signer``, ``expired-signer``, ``bad-signature`` or
         ``bad-content-type``.
         """
-        raw = payload.encode("ascii", "replace") if isinstance(payload, str) else payload
         try:
-            parts = _b64d(raw).split(SEPARATOR, 4)
-            if len(parts) != 5:  # noqa: PLR2004 - five fields in the wire format
+            raw = _b64d(payload)  # accepts ASCII text too: no encode() copy first
+            # The first four separators, as Celery's split(sep, maxsplit=4) finds them.
+            ends = [raw.find(SEPARATOR)]
+            for _ in range(3):
+                ends.append(raw.find(SEPARATOR, ends[-1] + _SEP_LEN) if ends[-1] >= 0 else -1)
+            if ends[-1] < 0:
                 raise VerificationError("unsigned", "not a signed payload")
-            signer_ref = _b64d(parts[0]).decode("utf-8")
-            signature = _b64d(parts[1])
+            signer_ref = _b64d(raw[: ends[0]]).decode("utf-8")
+            signature = _b64d(raw[ends[0] + _SEP_LEN : ends[1]])
         except (binascii.Error, ValueError) as exc:
             raise VerificationError("unsigned", "not a signed payload") from exc
-        content_type, content_encoding, body = parts[2], parts[3], parts[4]
+        content_type = raw[ends[1] + _SEP_LEN : ends[2]]
+        content_encoding = raw[ends[2] + _SEP_LEN : ends[3]]
+        # The body is verified and parsed where it lies: a view, not a copy.
+        body = memoryview(raw)[ends[3] + _SEP_LEN :]
 
-        entry = self._store.get(signer_ref)
-        if entry is None:
+        found = self._verifiers.get(signer_ref)
+        if found is None:
             raise VerificationError("unknown-signer", f"no trusted certificate {signer_ref!r}")
+        entry, verify_signature = found
         moment = now or dt.datetime.now(dt.timezone.utc)
         cert = entry.certificate
         if not cert.not_valid_before_utc <= moment < cert.not_valid_after_utc:
             raise VerificationError("expired-signer", f"{entry.identity.label()} is not valid now")
         try:
-            entry.public_key.verify(signature, body, _pss(self._digest), self._digest)
+            verify_signature(signature, body)
         except InvalidSignature:
             raise VerificationError("bad-signature", entry.identity.label()) from None
         if content_type != INNER_CONTENT_TYPE.encode() or content_encoding.lower() != b"utf-8":
@@ -196,7 +214,7 @@ class KitSerializer:
                 "bad-content-type", content_type.decode("ascii", "replace")[:40]
             )
         try:
-            data = _json_loads(body.decode("utf-8"))
+            data = _json_loads(str(body, "utf-8"))
         except ValueError as exc:
             raise VerificationError("malformed", "signed body is not JSON") from exc
         return Verified(signer=entry.identity, data=data)
@@ -234,6 +252,27 @@ def register_kit_serializer(serializer: KitSerializer) -> None:
         content_type=AUTH_CONTENT_TYPE,
         content_encoding="utf-8",
     )
+
+
+def setup_kit_security(app: Any, serializer: KitSerializer) -> None:
+    """Do what Celery's ``app.setup_security()`` does, with the kit's serializer.
+
+    Celery's own reads the key, certificate and store with its RSA-only
+    classes (``Non-RSA keys are not supported``), so an Ed25519 or ECDSA signer
+    (or one such certificate in the store) could not be set up through it. The
+    steps are the same: refuse the app unless it signs and accepts only
+    ``auth``, disable every other decoder (``allowed_serializers=None``),
+    register the ``auth`` serializer and make it the default.
+    """
+    conf = app.conf
+    accept = conf.accept_content
+    if conf.task_serializer != "auth" or list(accept or ()) != ["auth"]:
+        raise ImproperlyConfigured("task_serializer and accept_content must be 'auth'")
+    _disable: Callable[[Any], None] = disable_insecure_serializers
+    _disable(None)
+    register_kit_serializer(serializer)
+    set_default: Callable[[str], None] = registry._set_default_serializer  # no public setter
+    set_default("auth")  # as Celery's setup_security() does
 
 
 def registered_auth_is_kit() -> bool:

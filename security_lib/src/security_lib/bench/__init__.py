@@ -1,0 +1,1 @@
+"""``python -m security_lib.bench``: the per-message benchmark (source tree only, no wheel)."""
