@@ -54,6 +54,15 @@ def test_certificates_have_the_contract_names(app_host):
     assert "Code Signing" in signer
 
 
+def test_signing_key_is_the_default_ed25519_and_the_broker_key_rsa(app_host):
+    """celery_app_signing_key_type defaults to ed25519; the broker TLS client key stays RSA."""
+    _, host = app_host
+    signer = host.check_output("openssl x509 -noout -text -in /etc/celery-kit/signing/signer.pem")
+    broker = host.check_output("openssl x509 -noout -text -in /etc/ssl/certs/celery-broker-client.pem")
+    assert "Public Key Algorithm: ED25519" in signer, signer
+    assert "Public Key Algorithm: rsaEncryption" in broker, broker
+
+
 def test_config_module_and_secret_are_readable_by_the_app_group_only(app_host):
     _, host = app_host
     for path in ("/etc/celery-kit/celery_kit_config.py", "/etc/celery-kit/broker.secret"):
