@@ -18,9 +18,9 @@ from cryptography.x509.oid import NameOID
 from security_lib.signing import PrivateKey, signer_for
 
 KEY_SIZE = 2048  # production uses 3072; 2048 keeps the test run fast
-#: Signer key types the attack tests run with: RSA (what stock Celery can
-#: verify) and Ed25519 (the pki role's default for signing certificates).
-ATTACK_KEY_TYPES = ("rsa", "ed25519")
+#: Signer key types the attack tests run with: every type the kit signs with
+#: (RSA, what stock Celery can verify; Ed25519, the default; ECDSA P-256).
+ATTACK_KEY_TYPES = ("rsa", "ed25519", "ecdsa-p256")
 
 
 def new_key(key_type: str) -> PrivateKey:
