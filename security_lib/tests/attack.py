@@ -13,8 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import pytest
 from celery import Celery
-from conftest import Issued
+from conftest import ATTACK_KEY_TYPES, PKI, Issued
 from kombu.serialization import registry
 
 from security_lib.envelope import install_sealer, make_envelope
@@ -198,3 +199,18 @@ def producer_app(name: str, signer: Issued, **conf: Any) -> Celery:
     app.conf.update(conf)
     install_sealer(app.amqp, lambda: signer.fingerprint)
     return app
+
+
+@pytest.fixture(scope="module", params=ATTACK_KEY_TYPES, name="pki")
+def pki_for_each_key_type(request: pytest.FixtureRequest, pki_of: Callable[[str], PKI]) -> PKI:
+    """A module's ``pki`` when it imports this fixture: its tests run once per signer key type.
+
+    Each key type's worker stands for another process: the identity the
+    previous one hardened with (a module fixture, set up before the per-test
+    reset) is forgotten here.
+    """
+    from security_lib.hardening import _forget_process_identity
+
+    _forget_process_identity()
+    key_type: str = request.param
+    return pki_of(key_type)

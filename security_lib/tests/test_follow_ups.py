@@ -18,10 +18,18 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from attack import Forger, ListHandler, Message, tamper_body, task, wait_for
+from attack import (
+    Forger,
+    ListHandler,
+    Message,
+    pki_for_each_key_type,  # noqa: F401 (the module's pki fixture: each test runs per signer key type)
+    tamper_body,
+    task,
+    wait_for,
+)
 from celery import Celery, Task
 from celery.contrib.testing.worker import start_worker
-from conftest import ATTACK_KEY_TYPES, PKI
+from conftest import PKI
 
 import security_lib
 from security_lib.gate import GatedStrategies
@@ -51,21 +59,6 @@ class FollowKit:
             lambda: next((ln for ln in list(self.log.lines) if f" id={task_id} " in ln), None)
         )
         return found
-
-
-@pytest.fixture(scope="module", params=ATTACK_KEY_TYPES)
-def pki(request: pytest.FixtureRequest, pki_of: Callable[[str], PKI]) -> PKI:
-    """Every test here runs once per signer key type (RSA and the default EC type).
-
-    Each key type's worker stands for another process: the identity the
-    previous one hardened with (a module fixture, set up before the per-test
-    reset) is forgotten here.
-    """
-    from security_lib.hardening import _forget_process_identity
-
-    _forget_process_identity()
-    key_type: str = request.param
-    return pki_of(key_type)
 
 
 @pytest.fixture(scope="module")

@@ -12,17 +12,26 @@ import datetime as dt
 import pickle
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from attack import Forger, ListHandler, Message, pack, tamper_body, task, wait_for
+from attack import (
+    Forger,
+    ListHandler,
+    Message,
+    pack,
+    pki_for_each_key_type,  # noqa: F401 (the module's pki fixture: each test runs per signer key type)
+    tamper_body,
+    task,
+    wait_for,
+)
 from celery import Celery, Task, current_task
 from celery.contrib.testing.worker import start_worker
 from celery.worker.request import Request
-from conftest import ATTACK_KEY_TYPES, PKI
+from conftest import PKI
 
 import security_lib
 from security_lib.gate import REJECT_PREFIX
@@ -77,21 +86,6 @@ class Kit:
         assert not self.ran(message.id), "task body ran despite rejection"
         assert len(self.log.rejections(message.id)) == 1, "rejected message was redelivered"
         return str(matches[0]["reason"])
-
-
-@pytest.fixture(scope="module", params=ATTACK_KEY_TYPES)
-def pki(request: pytest.FixtureRequest, pki_of: Callable[[str], PKI]) -> PKI:
-    """Every test here runs once per signer key type (RSA and the default EC type).
-
-    Each key type's worker stands for another process: the identity the
-    previous one hardened with (a module fixture, set up before the per-test
-    reset) is forgotten here.
-    """
-    from security_lib.hardening import _forget_process_identity
-
-    _forget_process_identity()
-    key_type: str = request.param
-    return pki_of(key_type)
 
 
 @pytest.fixture(scope="module")
