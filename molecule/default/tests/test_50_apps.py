@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -231,3 +232,101 @@ def test_both_worker_units_are_sandboxed(worker, app):
     )
     assert re.search(r"CapEff:\s+0+$", status, re.M)
     assert re.search(r"NoNewPrivs:\s+1$", status, re.M)
+
+
+# --- preflight: a bad app list stops the role with a message naming the problem --
+
+PREFLIGHT_PLAY = __file__.rsplit("/tests/", 1)[0] + "/files/preflight_check.yml"
+ROLES = __file__.rsplit("/molecule/", 1)[0] + "/roles"
+GOOD_APPS = [
+    {
+        "name": "alpha",
+        "requirement": "alpha-app==1.0",
+        "source": {"path": "/srv/alpha"},
+        "module": "alpha.app",
+        "allowed_tasks": {"signer-alpha-producer": ["alpha.tasks.*"]},
+    },
+    {
+        "name": "beta",
+        "requirement": "beta-app==2.0",
+        "source": {"wheel": "/srv/beta-2.0-py3-none-any.whl"},
+        "module": "beta.app",
+        "allowed_tasks": {"signer-beta-producer": ["beta.tasks.*"]},
+    },
+]
+
+
+def run_preflight(tmp_path, apps: list[dict]) -> subprocess.CompletedProcess:
+    """The role's preflight on two local pseudo-hosts (a worker and a client); nothing is changed."""
+    wheels = tmp_path / "wheelhouse"
+    wheels.mkdir(exist_ok=True)
+    for name in ("celery-5.7.0", "kombu-5.7.0", "celery_kit_security_lib-0.1.0", "alpha_app-1.0", "beta_app-2.0"):
+        (wheels / f"{name}-py3-none-any.whl").touch()
+    (tmp_path / "hosts.ini").write_text(
+        "[brokers]\nb1 ansible_connection=local\n[workers]\nw1 ansible_connection=local\n[clients]\nc1 ansible_connection=local\n"
+    )
+    users = [f"{n}-{side}" for n in ("alpha", "beta") for side in ("producer", "worker", "monitor")]
+    variables = {
+        "celery_app_apps": apps,
+        "celery_app_wheelhouse_dir": str(wheels),
+        "rabbitmq_apps": [
+            {
+                "name": n,
+                "vhost": f"/{n}",
+                "producer_user": f"{n}-producer",
+                "worker_user": f"{n}-worker",
+                "monitor_user": f"{n}-monitor",
+                "queues": [n],
+                "results": "rpc",
+            }
+            for n in ("alpha", "beta")
+        ],
+        "rabbitmq_passwords": {u: "x" * 8 + uuid.uuid4().hex for u in users},
+    }
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    env = dict(os.environ, ANSIBLE_ROLES_PATH=ROLES, ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
+    cmd = ["ansible-playbook", "-i", str(tmp_path / "hosts.ini"), "-e", f"@{tmp_path / 'vars.json'}", PREFLIGHT_PLAY]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300, check=False)
+
+
+def test_preflight_accepts_a_good_app_list(tmp_path):
+    """Positive twin of the refusals below."""
+    result = run_preflight(tmp_path, GOOD_APPS)
+    assert result.returncode == 0, result.stdout[-3000:]
+
+
+def _bad(change) -> list[dict]:
+    apps = json.loads(json.dumps(GOOD_APPS))
+    change(apps)
+    return apps
+
+
+@pytest.mark.parametrize(
+    ("apps", "message"),
+    [
+        (_bad(lambda a: a[0].pop("source")), "source, exactly one of"),
+        (_bad(lambda a: a[0].update(source={"path": "/a", "wheel": "/b.whl"})), "source, exactly one of"),
+        (_bad(lambda a: a[0].update(name="gamma")), "also names a celery_app_broker_apps"),
+        (_bad(lambda a: a[0].pop("module")), "module, a dotted Python module name (got nothing)"),
+        (_bad(lambda a: a[1].update(source={"path": "/srv/alpha"})), "name the same source"),
+        (_bad(lambda a: a[1].update(name="alpha")), "no name twice"),
+        (_bad(lambda a: a[0].update(workers=["nosuchgroup"])), "unknown: nosuchgroup"),
+        (_bad(lambda a: a[0].update(requirement="alpha-app")), "pinned"),
+        (_bad(lambda a: a[1].update(requirement="beta-app==9.9")), "beta_app==9.9"),
+    ],
+    ids=[
+        "no-source",
+        "two-sources",
+        "unknown-app",
+        "no-module",
+        "same-source",
+        "same-name",
+        "unknown-group",
+        "unpinned",
+        "missing-wheel",
+    ],
+)
+def test_preflight_refuses_a_bad_app_list(tmp_path, apps, message):
+    result = run_preflight(tmp_path, apps)
+    assert result.returncode != 0, result.stdout[-3000:]
+    assert message in " ".join(result.stdout.split()), result.stdout[-3000:]
