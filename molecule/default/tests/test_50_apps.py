@@ -96,7 +96,7 @@ def amqp(host, app: str, side: str, vhost: str, *, op: str, arg: str = "") -> di
     return json_line(as_app(host, app, *argv, "--cert", cert, "--key", p["broker key"], stdin_file=p["broker secret"]))
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(scope="module")
 def crossapp_tool(client):
     """Put the lab tool on the client (root-owned, read-only), next to attack.py."""
     src = __file__.rsplit("/tests/", 1)[0] + "/files/crossapp.py"
@@ -172,6 +172,7 @@ def test_reports_task_signed_by_reports_runs(client, worker):
     assert marker in marks(worker)
 
 
+@pytest.mark.usefixtures("crossapp_tool")
 def test_reports_task_signed_with_the_demo_key_is_rejected(client, worker):
     marker = f"cross-{uuid.uuid4()}"
     path = "/var/lib/celery-kit/reports/cross-message.json"
