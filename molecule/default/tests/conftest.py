@@ -24,7 +24,7 @@ VENV_PY = f"/opt/celery-kit/{APP}/venv/bin/python"
 TOOLS = "/usr/local/lib/celery-kit-lab"
 ATTACK = f"{TOOLS}/attack.py"
 BROKER = "kit-broker"
-DANGEROUS_FILE = "/var/lib/celery-kit/dangerous-ran"
+DANGEROUS_FILE = "/var/lib/celery-kit/demo/dangerous-ran"
 REJECTED = "security_lib rejected message:"
 MANAGED = ["kit-logserver", "kit-broker", "kit-worker", "kit-client"]
 
@@ -68,7 +68,7 @@ def can_connect(host: testinfra.host.Host, target: str, port: int) -> bool:
 def as_app_user(host: testinfra.host.Host, *argv: str, stdin: str | None = None) -> Any:
     """Run the app venv's python as the app user with the host's config module."""
     cmd = " ".join(
-        ["runuser", "-u", "celery", "--", "env", "PYTHONPATH=/etc/celery-kit", "PYTHONDONTWRITEBYTECODE=1", VENV_PY]
+        ["runuser", "-u", f"celery-{APP}", "--", "env", f"PYTHONPATH=/etc/celery-kit/{APP}", "PYTHONDONTWRITEBYTECODE=1", VENV_PY]
         + [shlex.quote(a) for a in argv]
     )
     if stdin is not None:

@@ -79,7 +79,7 @@ def test_worker_egress_is_limited_and_drops_are_counted(outsider):
 
 def test_aide_catches_a_changed_config_module_and_tells_the_log_server(logserver):
     worker = get_host("kit-worker")
-    module = "/etc/celery-kit/celery_kit_config.py"
+    module = "/etc/celery-kit/demo/celery_kit_config.py"
     original = worker.check_output(f"base64 -w0 {module}")
     worker.check_output(f"echo '# tampered' >> {module}")
     try:
