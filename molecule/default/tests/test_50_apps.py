@@ -307,7 +307,7 @@ def _bad(change) -> list[dict]:
     [
         (_bad(lambda a: a[0].pop("source")), "source, exactly one of"),
         (_bad(lambda a: a[0].update(source={"path": "/a", "wheel": "/b.whl"})), "source, exactly one of"),
-        (_bad(lambda a: a[0].update(name="gamma")), "also names a celery_app_broker_apps"),
+        (_bad(lambda a: a[0].update(name="gamma")), "also names a rabbitmq_apps"),
         (_bad(lambda a: a[0].pop("module")), "module, a dotted Python module name (got nothing)"),
         (_bad(lambda a: a[1].update(source={"path": "/srv/alpha"})), "name the same source"),
         (_bad(lambda a: a[1].update(name="alpha")), "no name twice"),
