@@ -151,6 +151,21 @@ def site(*args: str) -> subprocess.CompletedProcess[str]:
     return proc
 
 
+def changed_tasks(proc: subprocess.CompletedProcess[str]) -> list[str]:
+    """Every "TASK [...] -> host" that reported changed in the run: says WHAT changed when a recap is not 0."""
+    found: list[str] = []
+    task = "?"
+    for line in proc.stdout.splitlines():
+        header = re.match(r"^(?:TASK|RUNNING HANDLER) \[(.*)\]", line)
+        if header:
+            task = header[1]
+            continue
+        host = re.match(r"^changed: \[([^\]]+)\]", line)
+        if host:
+            found.append(f"{task} -> {host[1]}")
+    return found
+
+
 def said(proc: subprocess.CompletedProcess[str], text: str) -> bool:
     """Whether the output says text (Ansible folds long messages)."""
     return " ".join(text.split()) in " ".join((proc.stdout + proc.stderr).split())

@@ -37,6 +37,7 @@ from conftest import (
     MANAGED,
     ROOT,
     assert_absorbed_exactly_the_runs_files,
+    changed_tasks,
     controller_record,
     get_host,
     recap,
@@ -72,7 +73,7 @@ def test_check_run_by_hand_right_after_molecules_converge_changes_nothing() -> N
     assert proc.returncode == 0
     rows = recap(proc)
     assert set(MANAGED) <= set(rows), rows
-    assert all(row["changed"] == 0 and row["failed"] == 0 for row in rows.values()), rows
+    assert all(row["changed"] == 0 and row["failed"] == 0 for row in rows.values()), (rows, changed_tasks(proc))
     for name in MANAGED:
         assert not (CONTROLLER_AIDE / f"{name}.pending").exists(), "--check must write no marker"
 
