@@ -1,7 +1,7 @@
 """Lab-only attack tool: publish forged, re-targeted and replayed task messages.
 
 Runs on a lab app host as the app user with the app's venv and the host's
-config module (PYTHONPATH=/etc/celery-kit), i.e. with the producer's broker
+config module (PYTHONPATH=/etc/celery-kit/<app>), i.e. with the producer's broker
 credentials but, for the forgeries, without a trusted signing key. Every
 command prints one JSON line: the task id(s) it published, so the tests can
 find the worker's rejection line for exactly that message.

@@ -18,36 +18,36 @@ def app_host(request):
 
 def test_app_user_is_an_unprivileged_system_account(app_host):
     _, host = app_host
-    user = host.user("celery")
+    user = host.user("celery-demo")
     assert user.exists
     assert 0 < user.uid < 1000
     assert user.shell == "/usr/sbin/nologin"
-    assert user.home == "/var/lib/celery-kit"
-    assert user.group == "celery"
+    assert user.home == "/var/lib/celery-kit/demo"
+    assert user.group == "celery-demo"
     assert "sudo" not in user.groups
 
 
 @pytest.mark.parametrize(
     "path",
     [
-        "/etc/ssl/private/celery-broker-client.key",
-        "/etc/celery-kit/signing/signer.key",
+        "/etc/ssl/private/celery-demo-broker-client.key",
+        "/etc/celery-kit/demo/signing/signer.key",
     ],
 )
 def test_private_keys_belong_to_the_app_user_only(app_host, path):
     _, host = app_host
     key = host.file(path)
-    assert (key.user, key.group, key.mode) == ("celery", "celery", 0o600)
+    assert (key.user, key.group, key.mode) == ("celery-demo", "celery-demo", 0o600)
 
 
 def test_certificates_have_the_contract_names(app_host):
     name, host = app_host
     producer = name == "kit-client"
     broker_cn = host.check_output(
-        "openssl x509 -noout -subject -nameopt RFC2253 -in /etc/ssl/certs/celery-broker-client.pem"
+        "openssl x509 -noout -subject -nameopt RFC2253 -in /etc/ssl/certs/celery-demo-broker-client.pem"
     )
     signer = host.check_output(
-        "openssl x509 -noout -subject -ext extendedKeyUsage -nameopt RFC2253 -in /etc/celery-kit/signing/signer.pem"
+        "openssl x509 -noout -subject -ext extendedKeyUsage -nameopt RFC2253 -in /etc/celery-kit/demo/signing/signer.pem"
     )
     assert f"CN={APP}-{'producer' if producer else 'worker'}" in broker_cn
     assert f"CN=signer-{APP}-{'producer' if producer else 'worker'}" in signer
@@ -65,23 +65,23 @@ def test_signing_key_is_the_default_ed25519_and_the_broker_key_rsa(app_host):
 
 def test_config_module_and_secret_are_readable_by_the_app_group_only(app_host):
     _, host = app_host
-    for path in ("/etc/celery-kit/celery_kit_config.py", "/etc/celery-kit/broker.secret"):
+    for path in ("/etc/celery-kit/demo/celery_kit_config.py", "/etc/celery-kit/demo/broker.secret"):
         f = host.file(path)
-        assert (f.user, f.group, f.mode) == ("root", "celery", 0o640), path
-    config = host.file("/etc/celery-kit/celery_kit_config.py").content_string
+        assert (f.user, f.group, f.mode) == ("root", "celery-demo", 0o640), path
+    config = host.file("/etc/celery-kit/demo/celery_kit_config.py").content_string
     assert "security_lib.harden(" in config
     # The password is read from the secret file, never written into the module.
-    secret = host.file("/etc/celery-kit/broker.secret").content_string.strip()
+    secret = host.file("/etc/celery-kit/demo/broker.secret").content_string.strip()
     assert secret and secret not in config
 
 
 def test_signer_store_holds_exactly_the_inventory_signers(app_host):
     _, host = app_host
-    store = host.file("/etc/celery-kit/signers")
-    assert (store.user, store.group, store.mode) == ("root", "celery", 0o750)
+    store = host.file("/etc/celery-kit/demo/signers")
+    assert (store.user, store.group, store.mode) == ("root", "celery-demo", 0o750)
     assert sorted(store.listdir()) == ["kit-client.pem", "kit-worker.pem"]
     subjects = host.check_output(
-        "for f in /etc/celery-kit/signers/*.pem; do openssl x509 -noout -subject -nameopt RFC2253 -in $f; done"
+        "for f in /etc/celery-kit/demo/signers/*.pem; do openssl x509 -noout -subject -nameopt RFC2253 -in $f; done"
     )
     assert sorted(re.findall(r"CN=(\S+)", subjects)) == [f"signer-{APP}-producer", f"signer-{APP}-worker"]
 
@@ -92,7 +92,7 @@ def test_venv_is_root_owned_and_not_writable_by_the_app(app_host):
     assert host.file(venv).user == "root"
     foreign = host.check_output("find /opt/celery-kit ! -user root -print -quit")
     assert foreign == ""
-    writable = host.run(f"runuser -u celery -- find {venv} -writable -print -quit")
+    writable = host.run(f"runuser -u celery-demo -- find {venv} -writable -print -quit")
     assert writable.stdout.strip() == ""
     freeze = host.check_output(f"{venv}/bin/pip freeze --all")
     assert "celery==5.7.0" in freeze
@@ -116,7 +116,7 @@ def test_worker_runs_as_its_own_user_not_root(worker):
     children = worker.check_output(f"cat /proc/{pid}/task/*/children").split()
     assert children, "the prefork pool has no child processes"
     users = {worker.check_output(f"stat -c %U /proc/{p}") for p in [pid, *children]}
-    assert users == {"celery"}, users
+    assert users == {"celery-demo"}, users
     status = worker.check_output(f"grep -E '^(Uid|CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/{pid}/status")
     print(status)
     assert re.search(r"CapEff:\s+0+$", status, re.M)
@@ -138,8 +138,8 @@ def test_worker_unit_exposure_is_reported_and_low(worker):
 def test_worker_cannot_write_its_code_or_config(worker):
     pid = worker.check_output(f"systemctl show -p MainPID --value {SERVICE}")
     # Enter the worker's mount namespace as the worker's user: what a task could do.
-    for path in (f"/opt/celery-kit/{APP}/venv/x", "/etc/celery-kit/x", "/usr/local/bin/x"):
-        result = worker.run(f"nsenter -t {pid} -m -- runuser -u celery -- touch {path}")
+    for path in (f"/opt/celery-kit/{APP}/venv/x", "/etc/celery-kit/demo/x", "/usr/local/bin/x"):
+        result = worker.run(f"nsenter -t {pid} -m -- runuser -u celery-demo -- touch {path}")
         assert result.rc != 0, path
         assert "Read-only file system" in result.stderr or "Permission denied" in result.stderr
 
@@ -152,7 +152,7 @@ def test_a_weak_key_mode_refuses_to_start_the_worker(worker):
     touched, so AIDE has nothing to report afterwards (a chmod and back moves
     its ctime, and the next site.yml run would rightly stop on that drift).
     """
-    key = "/etc/celery-kit/signing/signer.key"
+    key = "/etc/celery-kit/demo/signing/signer.key"
     weak = "/run/celery-kit-test-weak-signer.key"
     dropin = f"/run/systemd/system/{SERVICE}.d/zz-test-weak-key.conf"
     worker.check_output(f"install -m 0644 {key} {weak}")

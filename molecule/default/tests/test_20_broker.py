@@ -13,8 +13,8 @@ import pytest
 from conftest import BROKER, TOOLS, as_app_user, json_line
 
 SECRETS = pathlib.Path.home() / ".local/share/celery-kit/lab/secrets"
-CERT = "/etc/ssl/certs/celery-broker-client.pem"
-KEY = "/etc/ssl/private/celery-broker-client.key"
+CERT = "/etc/ssl/certs/celery-demo-broker-client.pem"
+KEY = "/etc/ssl/private/celery-demo-broker-client.key"
 PROBE = f"{TOOLS}/probe.py"
 
 
@@ -77,16 +77,16 @@ cert = (x509.CertificateBuilder().subject_name(name("demo-producer")).issuer_nam
         .not_valid_before(now - dt.timedelta(hours=1)).not_valid_after(now + dt.timedelta(days=1))
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .sign(ca_key, hashes.SHA256()))
-os.makedirs("/var/lib/celery-kit/foreign", mode=0o700, exist_ok=True)
-open("/var/lib/celery-kit/foreign/client.pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
-fd = os.open("/var/lib/celery-kit/foreign/client.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+os.makedirs("/var/lib/celery-kit/demo/foreign", mode=0o700, exist_ok=True)
+open("/var/lib/celery-kit/demo/foreign/client.pem", "wb").write(cert.public_bytes(serialization.Encoding.PEM))
+fd = os.open("/var/lib/celery-kit/demo/foreign/client.key", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
 os.write(fd, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
 os.close(fd)
 """
     result = as_app_user(client, "-c", script)
     assert result.rc == 0, result.stderr
-    yield "/var/lib/celery-kit/foreign/client.pem", "/var/lib/celery-kit/foreign/client.key"
-    client.run("rm -rf /var/lib/celery-kit/foreign")
+    yield "/var/lib/celery-kit/demo/foreign/client.pem", "/var/lib/celery-kit/demo/foreign/client.key"
+    client.run("rm -rf /var/lib/celery-kit/demo/foreign")
 
 
 def test_client_certificate_from_another_ca_is_refused(client, foreign_cert):

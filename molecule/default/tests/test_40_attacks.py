@@ -2,7 +2,7 @@
 broker credentials, are rejected by the worker before any task code runs.
 
 Each attack carries a unique marker as the argument of demo.tasks.dangerous;
-the task would append it to /var/lib/celery-kit/dangerous-ran. The worker
+the task would append it to /var/lib/celery-kit/demo/dangerous-ran. The worker
 must log `security_lib rejected message: reason=<reason> ... id=<id>` and the
 marker must never appear. test_30 shows the same file does get written by a
 legitimately signed, allowed call.
@@ -61,7 +61,7 @@ def test_replayed_message_is_rejected(client, worker):
     assert REJECTED in line
     # The first copy was legitimate and ran once; the replay did not run again.
     assert dangerous_markers(worker).count(marker) == 1
-    worker.run("rm -f /var/lib/celery-kit/dangerous-ran")
+    worker.run("rm -f /var/lib/celery-kit/demo/dangerous-ran")
 
 
 def test_signer_in_the_store_but_not_allowed_is_rejected(client, worker, marker, tmp_path):
@@ -69,16 +69,16 @@ def test_signer_in_the_store_but_not_allowed_is_rejected(client, worker, marker,
     built = as_app_user(worker, ATTACK, "build", "demo.tasks.dangerous", f'"{marker}"')
     assert built.rc == 0, built.stderr
     message = json_line(built)
-    client.run("install -d -o celery -g celery -m 0700 /var/lib/celery-kit/inbox")
-    path = "/var/lib/celery-kit/inbox/message.json"
+    client.run("install -d -o celery-demo -g celery-demo -m 0700 /var/lib/celery-kit/demo/inbox")
+    path = "/var/lib/celery-kit/demo/inbox/message.json"
     local = tmp_path / "message.json"
     local.write_text(built.stdout.strip().splitlines()[-1])
     subprocess.run(["docker", "cp", str(local), f"kit-client:{path}"], check=True)
-    client.run(f"chown celery:celery {path}")
+    client.run(f"chown celery-demo:celery-demo {path}")
     sent = attack(client, "publish-file", path)
     assert sent["ids"] == [message["id"]]
     assert_rejected(worker, client, message["id"], "signer-not-allowed", marker)
-    client.run("rm -rf /var/lib/celery-kit/inbox")
+    client.run("rm -rf /var/lib/celery-kit/demo/inbox")
 
 
 def test_no_attack_ever_ran_the_dangerous_task(worker):

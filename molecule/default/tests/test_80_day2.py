@@ -23,149 +23,40 @@ The tests run in order against the converged lab and share its state:
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import subprocess
-import time
-import uuid
-from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from conftest import MANAGED, as_app_user, get_host, json_line
+from conftest import (
+    CONTROLLER_AIDE,
+    FORWARDERS,
+    HOST_DB,
+    LAB_STATE,
+    MANAGED,
+    ROOT,
+    assert_absorbed_exactly_the_runs_files,
+    changed_tasks,
+    controller_record,
+    get_host,
+    recap,
+    round_trip,
+    said,
+    sha256,
+    site,
+    start_watching,
+)
 
-ROOT = Path(__file__).resolve().parents[3]
 CHANGES = "molecule/default/day2/changes.yml"
-SECRETS = Path.home() / ".local/share/celery-kit/lab/secrets"
-CONTROLLER_AIDE = Path.home() / ".local/share/celery-kit/lab/aide"
-HOST_DB = "/var/lib/celery-kit-aide/celery-kit.db"
-TAG = "celery-kit-aide"
-STAMP = "/tmp/day2-stamp"
+SECRETS = LAB_STATE / "secrets"
 LAB_USERS = ["demo-producer", "demo-worker", "demo-monitor"]
-# Hosts that forward their logs (the log server forwards to nobody).
-FORWARDERS = [name for name in MANAGED if name != "kit-logserver"]
 EGRESS = "192.0.2.10"
 HAND_CHANGED = ("kit-worker", "/etc/celery-kit-fw/ruleset.nft")
 PLANTED = ("kit-client", "/etc/celery-kit/day2-planted.py")
-_AIDE_DEFAULTS = yaml.safe_load((ROOT / "roles/aide/defaults/main.yml").read_text())
-PROTECTED = _AIDE_DEFAULTS["aide_protected_paths"]
-EXCLUDED = _AIDE_DEFAULTS["aide_excluded_paths"]
-ACCEPTED = re.compile(r"^AIDE check: (changed|added|removed): (\S+) \[.*\] context=accepted-by-kit-run$")
-REBUILT = re.compile(r"^AIDE baseline rebuilt by celery-kit: sha256=(\w+) reasons=(.*)$")
 
 # What the tests hand on to the next one (they run in file order).
 STATE: dict[str, Any] = {}
-
-
-def site(*args: str) -> subprocess.CompletedProcess[str]:
-    """The README's hand re-converge, from the repository root with its ansible.cfg:
-    molecule's own ANSIBLE_* settings and inventory are left out on purpose."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "MOLECULE_"))}
-    env.update(ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0")
-    cmd = ["ansible-playbook", "-i", "inventory/lab", "site.yml", *args]
-    started = time.monotonic()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=3600)
-    took = time.monotonic() - started
-    print(f"$ {shlex.join(cmd)}\nrc={proc.returncode} in {took:.0f} s\n{proc.stdout[-8000:]}\n{proc.stderr[-3000:]}")
-    return proc
-
-
-def said(proc: subprocess.CompletedProcess[str], text: str) -> bool:
-    """Whether the output says text (Ansible folds long messages)."""
-    return " ".join(text.split()) in " ".join((proc.stdout + proc.stderr).split())
-
-
-def recap(proc: subprocess.CompletedProcess[str]) -> dict[str, dict[str, int]]:
-    rows = re.finditer(r"^(\S+)\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", proc.stdout, re.MULTILINE)
-    return {m[1]: {"changed": int(m[3]), "unreachable": int(m[4]), "failed": int(m[5])} for m in rows}
-
-
-def sha256(name: str, path: str) -> str:
-    return get_host(name).check_output(f"sha256sum {path}").split()[0]
-
-
-def controller_record(name: str) -> str:
-    return (CONTROLLER_AIDE / f"{name}.sha256").read_text().split()[0]
-
-
-def _find(extra: str) -> str:
-    prune = " -o ".join(f"-path {shlex.quote(x)}" for x in EXCLUDED)
-    starts = " ".join(shlex.quote(p) for p in PROTECTED)
-    return f"find {starts} -xdev \\( {prune} \\) -prune -o ! -type d {extra} -print 2>/dev/null; true"
-
-
-def files_now(name: str) -> set[str]:
-    return set(get_host(name).check_output(_find("")).split())
-
-
-def start_watching() -> dict[str, Any]:
-    """Per host: a journal marker, a ctime stamp and the list of protected files."""
-    marks: dict[str, Any] = {}
-    for name in MANAGED:
-        host = get_host(name)
-        marker = f"day2-marker {uuid.uuid4()}"
-        host.check_output(f"logger -t {TAG} {shlex.quote(marker)} && touch {STAMP}")
-        marks[name] = {"marker": marker, "files": files_now(name), "db": sha256(name, HOST_DB)}
-    # ctime has nanoseconds, but make sure nothing of this second counts.
-    time.sleep(1.1)
-    return marks
-
-
-def aide_lines_after(name: str, marker: str) -> list[str]:
-    out = get_host(name).check_output(f"journalctl --no-pager -o cat -t {TAG} -n 20000")
-    lines = out.splitlines()
-    assert marker in lines, f"{name}: marker not in the journal"
-    return lines[lines.index(marker) + 1 :]
-
-
-def changed_during_run(name: str, before: set[str]) -> set[str]:
-    """The independent probe: protected files whose ctime moved, plus removed ones."""
-    host = get_host(name)
-    touched = set(host.check_output(_find(f"-cnewer {STAMP}")).split())
-    return touched | (before - files_now(name))
-
-
-def absorbed(name: str, mark: dict[str, Any]) -> tuple[set[str], list[str]]:
-    """Files the run's rebuild accepted (its audit lines, directories left out), and its reasons."""
-    lines = aide_lines_after(name, mark["marker"])
-    paths = {m[2] for m in map(ACCEPTED.match, lines) if m}
-    dirs = set()
-    if paths:
-        test = " ".join(shlex.quote(p) for p in sorted(paths))
-        dirs = set(get_host(name).check_output(f'for p in {test}; do [ -d "$p" ] && echo "$p"; done; true').split())
-    reasons = [m[2] for m in map(REBUILT.match, lines) if m]
-    return paths - dirs, reasons
-
-
-def assert_absorbed_exactly_the_runs_files(marks: dict[str, Any]) -> dict[str, set[str]]:
-    accepted_by_host: dict[str, set[str]] = {}
-    for name in MANAGED:
-        expected = changed_during_run(name, marks[name]["files"])
-        accepted, reasons = absorbed(name, marks[name])
-        if not expected:
-            # E.g. the log server, which forwards to nobody: no change, no rebuild.
-            assert not accepted and not reasons, f"{name}: nothing changed, yet AIDE accepted {accepted} ({reasons})"
-            assert sha256(name, HOST_DB) == marks[name]["db"], name
-            accepted_by_host[name] = set()
-            continue
-        assert accepted == expected, (
-            f"{name}: AIDE accepted {sorted(accepted)}, the run changed {sorted(expected)};"
-            f" accepted only: {sorted(accepted - expected)}; changed only: {sorted(expected - accepted)}"
-        )
-        assert len(reasons) == 1, f"{name}: expected one rebuild, got {reasons}"
-        assert "another kit role changed protected files" in reasons[0], reasons
-        assert "aide_update_baseline" not in reasons[0] and "interrupted" not in reasons[0], reasons
-        db = sha256(name, HOST_DB)
-        assert db != marks[name]["db"] and db == controller_record(name)
-        accepted_by_host[name] = accepted
-    return accepted_by_host
-
-
-def round_trip() -> dict[str, Any]:
-    client = get_host("kit-client")
-    return json_line(as_app_user(client, "-m", "demo.send", "demo.tasks.add", "2", "3", "--timeout", "90"))
 
 
 def lab_password(user: str, prefix: str = "") -> str:
@@ -182,7 +73,7 @@ def test_check_run_by_hand_right_after_molecules_converge_changes_nothing() -> N
     assert proc.returncode == 0
     rows = recap(proc)
     assert set(MANAGED) <= set(rows), rows
-    assert all(row["changed"] == 0 and row["failed"] == 0 for row in rows.values()), rows
+    assert all(row["changed"] == 0 and row["failed"] == 0 for row in rows.values()), (rows, changed_tasks(proc))
     for name in MANAGED:
         assert not (CONTROLLER_AIDE / f"{name}.pending").exists(), "--check must write no marker"
 

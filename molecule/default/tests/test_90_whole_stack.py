@@ -11,17 +11,16 @@ from __future__ import annotations
 import time
 import uuid
 
-from kit_testlib import wait_for
-
-from conftest import REJECTED, attack, can_connect, get_host, wait_for_log
-
-# The log server keeps its own logs locally; every other host forwards.
-FORWARDERS = ["kit-broker", "kit-worker", "kit-client"]
-REMOTE_LOGS = "/var/log/remote"
-
-
-def _wait_for_remote_line(logserver, pattern: str, timeout: float = 60.0) -> str:
-    return wait_for(lambda: logserver.run(f"grep -rhF -- {pattern!r} {REMOTE_LOGS}").stdout, timeout, 2)
+from conftest import (
+    FORWARDERS,
+    REJECTED,
+    REMOTE_LOGS,
+    attack,
+    can_connect,
+    get_host,
+    wait_for_log,
+    wait_for_remote_line,
+)
 
 
 def test_worker_rejections_reach_the_log_server(client, worker, logserver):
@@ -30,7 +29,7 @@ def test_worker_rejections_reach_the_log_server(client, worker, logserver):
     task_id = sent["ids"][0]
     local = wait_for_log(worker, f"id={task_id}")
     assert REJECTED in local, local
-    lines = _wait_for_remote_line(logserver, f"id={task_id}")
+    lines = wait_for_remote_line(logserver, f"id={task_id}")
     assert REJECTED in lines, lines
     assert "reason=unsigned" in lines, lines
 
@@ -40,7 +39,7 @@ def test_every_managed_host_logs_to_the_log_server(logserver):
     for name in FORWARDERS:
         get_host(name).check_output(f"logger -t kit-stack-test {marker}-{name}")
     for name in FORWARDERS:
-        assert f"{marker}-{name}" in _wait_for_remote_line(logserver, f"{marker}-{name}")
+        assert f"{marker}-{name}" in wait_for_remote_line(logserver, f"{marker}-{name}")
 
 
 def test_log_server_files_are_not_world_readable(logserver):
@@ -79,7 +78,7 @@ def test_worker_egress_is_limited_and_drops_are_counted(outsider):
 
 def test_aide_catches_a_changed_config_module_and_tells_the_log_server(logserver):
     worker = get_host("kit-worker")
-    module = "/etc/celery-kit/celery_kit_config.py"
+    module = "/etc/celery-kit/demo/celery_kit_config.py"
     original = worker.check_output(f"base64 -w0 {module}")
     worker.check_output(f"echo '# tampered' >> {module}")
     try:
@@ -87,7 +86,7 @@ def test_aide_catches_a_changed_config_module_and_tells_the_log_server(logserver
         assert check.rc != 0
         journal = worker.check_output("journalctl -t celery-kit-aide -n 20 --no-pager")
         assert module in journal
-        assert module in _wait_for_remote_line(logserver, module)
+        assert module in wait_for_remote_line(logserver, module)
     finally:
         # The content is restored; AIDE still reports the new times until an
         # operator accepts them (aide_update_baseline=true), as it should.

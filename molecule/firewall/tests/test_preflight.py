@@ -50,7 +50,7 @@ CASES = [
     _case("bad-egress-port",
           {"firewall_worker_extra_egress": [{"address": "192.0.2.10", "port": 70000, "proto": "tcp"}]},
           "firewall_worker_extra_egress[0] needs address"),
-    _case("bad-port", {"firewall_syslog_tls_port": 0}, "ports must be integers in 1-65535"),
+    _case("bad-port", {"log_server_port": 0}, "ports must be integers in 1-65535"),
     _case("ssh-lockout", {"firewall_admin_networks": []}, "SSH would be dropped from everywhere"),
     _case("bad-check-schedule", {"firewall_check_on_calendar": "every tuesday-ish"},
           "is not a systemd calendar expression"),
@@ -71,7 +71,7 @@ def test_bad_variables_stop_the_real_play_before_any_change():
     """The role's entry point runs those checks first: files, ruleset and live table stay as they were."""
     assert_refused_and_unchanged(
         lambda: _playbook("--limit", "fw-worker,fw-outsider,fw-client", "-e",
-                          json.dumps({"firewall_syslog_tls_port": 0})),
+                          json.dumps({"log_server_port": 0})),
         "ports must be integers in 1-65535",
         "fw-worker",
         lambda: _fingerprint("fw-worker"),

@@ -39,8 +39,11 @@ def _fingerprint(name: str) -> str:
 CASES = [
     Case("good-client", "log_forwarding", CLIENT, {}, None),
     Case("good-server", "log_server", SERVER, {}, None),
-    Case("port-out-of-range", "log_forwarding", CLIENT, {"log_forwarding_port": 70000},
-         "log_forwarding_port must be 1-65535"),
+    # The port is the log server's (log_server_export): a bad one stops the forwarders too.
+    Case("port-out-of-range", "log_forwarding", CLIENT, {"log_server_port": 70000},
+         "log_server_port (the log servers' port, log_server_export.port) must be 1-65535"),
+    Case("server-port-out-of-range", "log_server", SERVER, {"log_server_port": 70000},
+         "log_server_port must be 1-65535"),
     Case("servers-as-a-string", "log_forwarding", CLIENT, {"log_forwarding_servers": "logging-server"},
          "must be YAML lists"),
     Case("relative-file-path", "log_forwarding", CLIENT,
@@ -67,7 +70,7 @@ def test_preflight_refuses_bad_variables_and_accepts_good_ones(case, verdicts):
 
 
 @pytest.mark.parametrize(("name", "extra", "message"), [
-    (CLIENT, {"log_forwarding_port": 70000}, "log_forwarding_port must be 1-65535"),
+    (CLIENT, {"log_server_port": 70000}, "log_server_port (the log servers' port, log_server_export.port) must be 1-65535"),
     (SERVER, {"log_server_log_dir": "/var/log"}, "a dedicated absolute directory"),
 ])
 def test_the_real_play_stops_before_any_change(name, extra, message):

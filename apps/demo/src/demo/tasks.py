@@ -8,7 +8,7 @@ from pathlib import Path
 from demo.app import app
 
 #: Where ``dangerous`` leaves its trace; the lab's tests watch this file.
-DANGEROUS_PATH = Path(os.environ.get("DEMO_DANGEROUS_PATH", "/var/lib/celery-kit/dangerous-ran"))
+DANGEROUS_PATH = Path(os.environ.get("DEMO_DANGEROUS_PATH", "/var/lib/celery-kit/demo/dangerous-ran"))
 
 
 @app.task(name="demo.tasks.add")

@@ -1,0 +1,1 @@
+"""Second example app of the celery kit (see README.md)."""
