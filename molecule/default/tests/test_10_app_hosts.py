@@ -57,8 +57,8 @@ def test_certificates_have_the_contract_names(app_host):
 def test_signing_key_is_the_default_ed25519_and_the_broker_key_rsa(app_host):
     """celery_app_signing_key_type defaults to ed25519; the broker TLS client key stays RSA."""
     _, host = app_host
-    signer = host.check_output("openssl x509 -noout -text -in /etc/celery-kit/signing/signer.pem")
-    broker = host.check_output("openssl x509 -noout -text -in /etc/ssl/certs/celery-broker-client.pem")
+    signer = host.check_output("openssl x509 -noout -text -in /etc/celery-kit/demo/signing/signer.pem")
+    broker = host.check_output("openssl x509 -noout -text -in /etc/ssl/certs/celery-demo-broker-client.pem")
     assert "Public Key Algorithm: ED25519" in signer, signer
     assert "Public Key Algorithm: rsaEncryption" in broker, broker
 

@@ -8,18 +8,16 @@ certificates logs its summary there with nothing failed.
 
 from __future__ import annotations
 
-from kit_testlib import probe_certificate, quote, wait_for
+from kit_testlib import probe_certificate
 
-from conftest import get_host
+from conftest import get_host, wait_for_remote_line
 
 CHECK = "/usr/local/sbin/celery-kit-cert-expiry"
 UNIT = "celery-kit-cert-expiry"
-REMOTE_LOGS = "/var/log/remote"
 
 
-def _remote_lines(logserver, needle: str, timeout: float = 60.0) -> list[str]:
-    found = wait_for(lambda: logserver.run(f"grep -rhF -- {quote(needle)} {REMOTE_LOGS}").stdout, timeout, 2)
-    return found.splitlines()
+def _remote_lines(logserver, needle: str) -> list[str]:
+    return wait_for_remote_line(logserver, needle).splitlines()
 
 
 def test_the_scheduled_check_of_the_real_certificates_reaches_the_log_server(logserver):
