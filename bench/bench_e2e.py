@@ -24,7 +24,7 @@ EC key (Ed25519) >= 0.85x ``tls+json``.
     bench/bench_e2e.py [--tasks 1000] [--rounds 3] [--concurrency 2] [--modes ...] [--keep]
 
 The wheelhouse comes from ``playbooks/wheelhouse.yml``
-(``~/.cache/celery-kit/wheelhouse`` or ``$CELERY_KIT_WHEELHOUSE``).
+(``~/.cache/celery-kit/lab/wheelhouse``, the lab deployment's, or ``$CELERY_KIT_WHEELHOUSE``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path
 
 IMAGE = os.environ.get("KIT_LAB_IMAGE", "celery-kit/debian:bookworm")
 CONTAINER = "kit-bench"
-WHEELHOUSE = Path(os.environ.get("CELERY_KIT_WHEELHOUSE", Path.home() / ".cache/celery-kit/wheelhouse"))
+WHEELHOUSE = Path(os.environ.get("CELERY_KIT_WHEELHOUSE", Path.home() / ".cache/celery-kit/lab/wheelhouse"))
 KEY_TYPES = ("rsa", "ed25519", "ecdsa-p256")
 MODES = ("plain+json", "tls+json", "tls+auth", *(f"tls+kit-{key}" for key in KEY_TYPES))
 DEFAULT_EC = "ed25519"  # the pki role's default pki_issue_key_type for signing certificates
