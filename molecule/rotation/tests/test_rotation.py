@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -47,8 +48,9 @@ def main_pid() -> str:
     return lab(WORKER).check_output(f"systemctl show -p MainPID --value {SERVICE}")
 
 
-def worker_log() -> str:
-    return lab(WORKER).check_output(f"journalctl -u {SERVICE} --no-pager -o cat")
+def worker_log(since: str = "") -> str:
+    when = f" --since @{since}" if since else ""
+    return lab(WORKER).check_output(f"journalctl -u {SERVICE} --no-pager -o cat{when}")
 
 
 @dataclass
@@ -56,8 +58,14 @@ class Load:
     """Batches of signed tasks from new producer processes on the client, until stopped."""
 
     prefix: str
+    since: str = ""
+
+    def __post_init__(self) -> None:
+        # Unique per run: the worker's journal keeps earlier runs' ids.
+        self.prefix = f"{self.prefix}-{uuid.uuid4().hex[:6]}"
 
     def start(self) -> Load:
+        self.since = lab(WORKER).check_output("date +%s")
         p = quote(f"/tmp/{self.prefix}")  # noqa: S108 - a lab container's own /tmp
         loop = (f"i=0; while [ ! -e {p}.stop ]; do "
                 f"{as_app_user(f'/etc/celery-kit/{APP}', LOAD, self.prefix, '$i', str(BATCH))} "
@@ -80,7 +88,7 @@ class Load:
         lines = self.answered()
         sent = [line.split()[1] for line in lines]
         failed = [line for line in lines if not line.startswith("ok ")]
-        log = worker_log()
+        log = worker_log(self.since)
         runs = re.findall(rf"Task demo\.tasks\.add\[({re.escape(self.prefix)}-[0-9-]+)\] succeeded", log)
         rejected = [line for line in log.splitlines() if REJECTED in line and f"id={self.prefix}-" in line]
         assert not failed, f"{failed[:5]}\n{self.report()}"
