@@ -1,8 +1,8 @@
 """Signer rotation under load: no task lost, none rejected, the old key refused once retired.
 
 Tests run in file order on one lab (the rotation changes it). Every figure the
-lead's note needs is printed as a ``ROTATION`` line (pytest -s or the verifier's
-output): tasks sent / run / rejected and the time each step took.
+lead's note needs is a ``ROTATION`` line in the "rotation figures" section of the
+test summary (conftest.py): tasks sent / run / rejected and the time each step took.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import pytest
 from kit_testlib import PROJECT, PlaybookRun, lab, playbook, quote, wait_for
+
+from conftest import FIGURES
 
 APP = "demo"
 SERVICE = f"celery-worker@{APP}.service"
@@ -151,9 +153,9 @@ def test_signer_rotation_under_load(old_signer: str) -> None:
     total = time.monotonic() - began
     sent, ran, rejected = load.stop()
     assert main_pid() == pid, "the worker was reloaded, never restarted"
-    print(f"ROTATION signer: sent={sent} run={ran} rejected={rejected} "
-          f"issue={took_issue:.0f}s switch={took_switch:.0f}s retire(with wait)={took_retire:.0f}s "
-          f"total={total:.0f}s old_serial={old_signer} new_serial={new}")
+    FIGURES.append(f"ROTATION signer: sent={sent} run={ran} rejected={rejected} "
+                   f"issue={took_issue:.0f}s switch={took_switch:.0f}s retire(with wait)={took_retire:.0f}s "
+                   f"total={total:.0f}s old_serial={old_signer} new_serial={new}")
 
 
 def _send_one(pythonpath: str, prefix: str) -> str:
@@ -196,7 +198,7 @@ def test_bad_store_keeps_the_old_one_and_tasks_flow() -> None:
                        f"rm -f {STORE}/{CLIENT}.next.pem; systemctl reload {SERVICE}")
     sent, ran, rejected = load.stop()
     assert main_pid() == pid
-    print(f"ROTATION bad-store: sent={sent} run={ran} rejected={rejected} (old store kept)")
+    FIGURES.append(f"ROTATION bad-store: sent={sent} run={ran} rejected={rejected} (old store kept)")
 
 
 def test_trust_refuses_a_certificate_from_another_ca_before_any_change() -> None:
