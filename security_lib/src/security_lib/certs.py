@@ -234,13 +234,16 @@ def load_cert_store(
         same_cn = next(
             (e for e in entries.values() if e.identity.common_name == identity.common_name), None
         )
-        if same_cn is not None:
-            # The allowlist names signers by CN: two certificates with one CN (one
-            # maybe from another CA) would both get that CN's rights.
+        if same_cn is not None and same_cn.certificate.issuer != cert.issuer:
+            # The allowlist names signers by CN: two certificates with one CN from
+            # two issuers (one maybe a foreign CA) would both get that CN's rights.
+            # Two from one issuer are a signer rotation: the old and the new
+            # certificate of one signer, trusted side by side until the old retires.
             raise CertStoreError(
                 setting,
-                f"{path} and {same_cn.path} have the same CN {identity.common_name!r}",
-                "keep one certificate per signer CN in the store (remove the old or foreign one)",
+                f"{path} and {same_cn.path} have the same CN {identity.common_name!r} "
+                "from different issuers",
+                "keep one issuer per signer CN in the store (remove the foreign one)",
             )
         if identity.celery_id in entries:
             raise CertStoreError(

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
     from .certs import SignerIdentity
     from .policy import SignerPolicy
+    from .reload import StoreReloader
     from .replay import ReplayCache
     from .serializer import KitSerializer
 
@@ -123,6 +124,14 @@ class Gate:
         #: Whether a task name can run on this worker (its registry), bound by
         #: :class:`GateStep`; None: every mapping with a ``task`` is a signature.
         self.is_task: Callable[[str], bool] | None = None
+        #: Re-reads the signer store on SIGUSR2 (set by harden(); None: never).
+        self.reloader: StoreReloader | None = None
+        #: The consumer timer entry that applies a requested reload without traffic.
+        self.reload_timer: Any = None
+
+    def forget_originals(self) -> None:
+        """Drop the cached verified originals (after a store reload: re-verify them)."""
+        self._originals = {}
 
     def check(
         self,
@@ -257,7 +266,9 @@ class Gate:
                 return f"on-behalf-of={signer.common_name}", None
         return None, signer
 
-    def _original(self, root: str) -> tuple[SignerIdentity, float, frozenset[str], float] | str:
+    def _original(  # noqa: PLR0911 - one early return per reason
+        self, root: str
+    ) -> tuple[SignerIdentity, float, frozenset[str], float] | str:
         """Verify an original message once: ``(signer, ts, names it listed, cert end)`` or why not.
 
         A chain's steps and a task's retries carry the same original: the signature
@@ -280,7 +291,9 @@ class Gate:
         except CanvasTooLargeError:
             return "canvas-too-large"
         listed.add(str(envelope.headers.get("task")))
-        entry = self.serializer.store[original.signer.celery_id]
+        entry = self.serializer.store.get(original.signer.celery_id)
+        if entry is None:  # the store was reloaded between verify and here
+            return "root-unknown-signer"
         result = (
             original.signer,
             envelope.timestamp,
@@ -309,6 +322,9 @@ class Gate:
         """Check a kombu message as the strategy receives it; log a rejection."""
         headers = getattr(message, "headers", None)
         verdict: Verdict
+        if self.reloader is not None and self.reloader.requested:
+            # Before this message, not in the middle of judging one (see reload.py).
+            self.reloader.reload_if_requested()
         try:
             if body is not None:
                 # Celery only pre-decodes protocol 1 messages (no 'task' header).
@@ -599,12 +615,37 @@ class GateStep(bootsteps.StartStopStep):  # type: ignore[misc]  # celery is unty
             handler = getattr(c, attribute, None)
             if callable(handler) and not getattr(handler, _MARK, False):
                 setattr(c, attribute, _logged_rejection(handler, reason))
+        self._start_reloads(c, gate)
         logger.info(
             "security_lib gate active on %d task(s), connection %d", len(strategies), generation
         )
+
+    @staticmethod
+    def _start_reloads(c: Any, gate: Gate) -> None:
+        """Take SIGUSR2 for store reloads and apply a requested one once a second."""
+        from .reload import POLL_INTERVAL, RELOAD_SIGNAL, install_reload_signal  # noqa: PLC0415
+
+        reloader = gate.reloader
+        if reloader is None:
+            return
+        if install_reload_signal(reloader):
+            logger.info(
+                "security_lib: signal %s (systemctl reload) re-reads the signer store %s",
+                RELOAD_SIGNAL.name,
+                reloader.cert_store,
+            )
+        timer = getattr(c, "timer", None)
+        if gate.reload_timer is not None:  # a consumer restart: one timer entry, not two
+            gate.reload_timer.cancel()
+            gate.reload_timer = None
+        if timer is not None and hasattr(timer, "call_repeatedly"):
+            gate.reload_timer = timer.call_repeatedly(POLL_INTERVAL, reloader.reload_if_requested)
 
     def shutdown(self, c: Any) -> None:
         """Release the replay journal when the worker stops (kept across reconnects)."""
         gate = gate_for(c.app)
         if gate is not None:
+            if gate.reload_timer is not None:
+                gate.reload_timer.cancel()
+                gate.reload_timer = None
             gate.replay.close()

@@ -12,7 +12,7 @@ import math
 import os
 import weakref
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -20,6 +20,7 @@ from celery.exceptions import ImproperlyConfigured, SecurityError
 
 from .certs import (
     SignerIdentity,
+    StoreEntry,
     check_key_matches_cert,
     check_store_issuer,
     check_validity,
@@ -32,6 +33,7 @@ from .envelope import install_sealer
 from .errors import PolicyError, SecurityConfigError
 from .gate import Gate, install_gate
 from .policy import AllowAnySigner, SignerPolicy
+from .reload import StoreReloader
 from .replay import MAX_CLOCK_SKEW, MAX_REPLAY_WINDOW, ReplayCache, check_state_dir
 from .results import bind_results
 from .serializer import (
@@ -113,6 +115,18 @@ def _refuse_another_identity(
 def _forget_process_identity() -> None:
     """Forget the process identity (tests only: each test stands for a process)."""
     _PROCESS_IDENTITY.clear()
+
+
+def _store_reloaded(app: Any, gate: Gate, store: Mapping[str, StoreEntry]) -> None:
+    """Record a reloaded store: the audit's record, the process identity, the gate's cache."""
+    trusted = tuple(entry.identity for entry in store.values())
+    record = _STATE.get(app)
+    if record is not None:
+        _STATE[app] = replace(record, trusted_signers=trusted)
+    if _PROCESS_IDENTITY:
+        me, _, digest = _PROCESS_IDENTITY[0]
+        _PROCESS_IDENTITY[:] = [(me, frozenset(t.fingerprint for t in trusted), digest)]
+    gate.forget_originals()
 
 
 def hardening_of(app: Any) -> Hardening | None:
@@ -420,16 +434,22 @@ def harden(  # noqa: PLR0912,PLR0915 - one linear sequence: every check, then co
     install_sealer(app.amqp, active_signer_fingerprint)
     if sign_results:
         bind_results(app)
-    install_gate(
-        app,
-        Gate(
-            serializer,
-            allowlist,
-            ReplayCache(window, skew, max_per_signer=per_signer),
-            state_dir=state_dir,
-            follow_up_signers=vouchers,
-        ),
+    gate = Gate(
+        serializer,
+        allowlist,
+        ReplayCache(window, skew, max_per_signer=per_signer),
+        state_dir=state_dir,
+        follow_up_signers=vouchers,
     )
+    gate.reloader = StoreReloader(
+        serializer=serializer,
+        policy=allowlist,
+        cert_store=cert_store,
+        cert_store_ca=cert_store_ca,
+        warning_days=warn_days,
+        on_reloaded=lambda new: _store_reloaded(app, gate, new),
+    )
+    install_gate(app, gate)
     hardening = Hardening(
         signer=me,
         trusted_signers=tuple(identities),

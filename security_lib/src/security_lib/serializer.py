@@ -163,6 +163,18 @@ class KitSerializer:
         """Return the trusted signer certificates, by Celery certificate id."""
         return self._store
 
+    def replace_store(self, store: Mapping[str, StoreEntry]) -> None:
+        """Trust exactly ``store`` from now on (a signer store reload).
+
+        The verifiers are built first and swapped in with the store, so a
+        verification sees either the old store or the new one, never a mix.
+        """
+        verifiers = {
+            ref: (entry, verifier_for(entry.public_key, self._digest))
+            for ref, entry in store.items()
+        }
+        self._store, self._verifiers = dict(store), verifiers
+
     # -- signing ---------------------------------------------------------
     def serialize(self, data: Any) -> str:
         """Serialize ``data`` as JSON, sign it and pack it in Celery's auth format."""
