@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import collections
 import json
-import re
 import time
 from collections.abc import Callable
 
-from kit_testlib import lab, quote, wait_for
+from kit_testlib import address, lab, quote, wait_for
 
 BROKERS = ["clu-broker1", "clu-broker2", "clu-broker3"]
 NODES = [f"rabbit@{b}" for b in BROKERS]
@@ -40,12 +39,17 @@ def all_running() -> bool:
 
 
 def connected_nodes(user: str) -> list[str]:
-    """The brokers holding a connection of ``user`` (list_connections is cluster-wide)."""
+    """The brokers holding a connection of ``user`` (list_connections is cluster-wide).
+
+    Its JSON shows pids without the node name, so the node is found by the
+    address the connection was made to (``host``).
+    """
+    by_address = {address(b): b for b in BROKERS}
     for broker in BROKERS:
-        result = lab(broker).run("rabbitmqctl -q list_connections user pid --formatter json")
+        result = lab(broker).run("rabbitmqctl -q list_connections user host --formatter json")
         if result.rc == 0:
-            pids = [c["pid"] for c in json.loads(result.stdout) if c["user"] == user]
-            return sorted({m.group(1) for p in pids if (m := re.search(r"rabbit@([A-Za-z0-9-]+)", p))})
+            hosts = {c["host"] for c in json.loads(result.stdout) if c["user"] == user}
+            return sorted(by_address.get(h, h) for h in hosts)
     return []
 
 
