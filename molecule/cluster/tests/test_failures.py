@@ -16,6 +16,7 @@ lost with its connection runs again).
 from __future__ import annotations
 
 import collections
+import ipaddress
 import json
 import time
 from collections.abc import Callable
@@ -48,9 +49,19 @@ def connected_nodes(user: str) -> list[str]:
     for broker in BROKERS:
         result = lab(broker).run("rabbitmqctl -q list_connections user host --formatter json")
         if result.rc == 0:
-            hosts = {c["host"] for c in json.loads(result.stdout) if c["user"] == user}
+            hosts = {_address(c["host"]) for c in json.loads(result.stdout) if c["user"] == user}
             return sorted(by_address.get(h, h) for h in hosts)
     return []
+
+
+def _address(host: object) -> str:
+    """rabbitmqctl's JSON gives an address as a list of integers (IPv4-mapped IPv6 here)."""
+    if isinstance(host, list) and len(host) == 8:
+        ip = ipaddress.IPv6Address(b"".join(int(x).to_bytes(2, "big") for x in host))
+        return str(ip.ipv4_mapped or ip)
+    if isinstance(host, list) and len(host) == 4:
+        return ".".join(str(x) for x in host)
+    return str(host)
 
 
 def worker_node() -> str:
