@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from celery import Celery
 from conftest import PKI, write_private
+from kombu.connection import Connection
 from kombu.serialization import enable_insecure_serializers
 
 import security_lib
@@ -27,7 +28,7 @@ from security_lib import (
     SerializerError,
 )
 from security_lib.certs import identity_of
-from security_lib.settings import verify_applied
+from security_lib.settings import check_broker_connection, check_broker_connections, verify_applied
 
 DAY = dt.timedelta(days=1)
 
@@ -326,6 +327,38 @@ def test_failover_and_read_write_urls_over_tls_pass(pki: PKI) -> None:
     app.conf.broker_write_url = "amqps://kit-broker:5671/kit"
     harden(app, pki, **tls_args(pki))
     assert app.conf.task_serializer == "auth"
+
+
+class _PerNodeConnection(Connection):
+    """As the kit's config module in a cluster: each connection checks its own node's name."""
+
+    def _init_params(self, **params: Any) -> None:  # type: ignore[override] # kombu passes keywords
+        if isinstance(params.get("ssl"), dict):
+            params["ssl"] = dict(params["ssl"], server_hostname=None)
+        super()._init_params(**params)  # type: ignore[no-untyped-call]
+
+
+def test_failover_connections_that_check_each_nodes_own_name_pass(pki: PKI) -> None:
+    """A cluster: each connection checks the node it dials (None: kombu fills in its host)."""
+    app = make_app("amqps://kit-broker:5671/kit;amqps://kit-broker-2:5671/kit")
+    expected = harden(app, pki, **tls_args(pki)).broker_ssl
+    assert expected is not None
+    app.amqp.Connection = _PerNodeConnection
+    check_broker_connections(app, expected)
+    second = app.connection_for_write("amqps://kit-broker-2:5671/kit")
+    second.ssl["server_hostname"] = "kit-broker-2"  # as kombu sets it when it connects
+    check_broker_connection(second, expected)
+
+
+def test_a_connection_checking_another_nodes_name_is_refused(pki: PKI) -> None:
+    """The twin: a name neither configured nor the dialled node's is a changed option."""
+    app = make_app("amqps://kit-broker:5671/kit;amqps://kit-broker-2:5671/kit")
+    expected = harden(app, pki, **tls_args(pki)).broker_ssl
+    assert expected is not None
+    conn = app.connection_for_write("amqps://kit-broker-2:5671/kit")
+    conn.ssl = dict(conn.ssl, server_hostname="elsewhere")
+    with pytest.raises(BrokerTLSError, match=r"server_hostname"):
+        check_broker_connection(conn, expected)
 
 
 def tls_args(pki: PKI) -> dict[str, Any]:

@@ -23,6 +23,9 @@ OPTFILE = "/etc/rabbitmq/inter_node_tls.config"
 COOKIE = "/var/lib/rabbitmq/.erlang.cookie"
 EPMD, DIST = 4369, 25672
 
+# The probes read and write the app's queue directly (conftest.py).
+pytestmark = pytest.mark.usefixtures("worker_stopped")
+
 
 def cluster_status(broker: str) -> dict:
     return json.loads(lab(broker).check_output("rabbitmqctl -q cluster_status --formatter json"))

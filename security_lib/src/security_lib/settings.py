@@ -341,12 +341,27 @@ def _connection_problem(conn: Any, expected_ssl: Any) -> str | None:
     actual = conn.ssl
     if not isinstance(actual, dict):
         return f"ssl={actual!r} (a URL query such as ?ssl=1 replaces broker_use_ssl)"
-    if actual != expected_ssl:
-        changed = sorted(
-            k for k in set(actual) | set(expected_ssl) if actual.get(k) != expected_ssl.get(k)
-        )
+    changed = sorted(
+        k
+        for k in set(actual) | set(expected_ssl)
+        if actual.get(k) != expected_ssl.get(k)
+        and not (k == "server_hostname" and _names_the_dialled_node(conn, actual.get(k)))
+    )
+    if changed:
         return f"TLS options differ from what harden() set: {changed}"
     return None
+
+
+def _names_the_dialled_node(conn: Any, name: Any) -> bool:
+    """Whether ``name`` is a per-node certificate check: the host this connection dials.
+
+    In a cluster each node's certificate carries its own name, and a
+    connection that fails over checks the name of the node it reaches (None:
+    kombu's pyamqp transport fills in the URL's host when it connects). Any
+    other name is refused like any other changed TLS option.
+    """
+    host = getattr(conn, "hostname", None)
+    return bool(host) and name in (None, host)
 
 
 def check_broker_connection(conn: Any, expected_ssl: dict[str, Any]) -> None:
