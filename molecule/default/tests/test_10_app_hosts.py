@@ -138,6 +138,11 @@ def test_worker_unit_exposure_is_reported_and_low(worker):
 def test_worker_cannot_write_its_code_or_config(worker):
     pid = worker.check_output(f"systemctl show -p MainPID --value {SERVICE}")
     # Enter the worker's mount namespace as the worker's user: what a task could do.
+    # Positive twin: the same probe writes into the worker's home (its only
+    # writable place), so a refusal below is the sandbox's, not the probe's.
+    home = f"/var/lib/celery-kit/{APP}/probe-{pid}"
+    assert worker.run(f"nsenter -t {pid} -m -- runuser -u celery-demo -- touch {home}").rc == 0
+    worker.check_output(f"rm -f {home}")
     for path in (f"/opt/celery-kit/{APP}/venv/x", "/etc/celery-kit/demo/x", "/usr/local/bin/x"):
         result = worker.run(f"nsenter -t {pid} -m -- runuser -u celery-demo -- touch {path}")
         assert result.rc != 0, path

@@ -329,5 +329,7 @@ def _bad(change) -> list[dict]:
 )
 def test_preflight_refuses_a_bad_app_list(tmp_path, apps, message):
     result = run_preflight(tmp_path, apps)
-    assert result.returncode != 0, result.stdout[-3000:]
-    assert message in " ".join(result.stdout.split()), result.stdout[-3000:]
+    # Under molecule (display_failed_stderr) the failure goes to stderr.
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert message in " ".join(output.split()), output[-3000:]
