@@ -260,3 +260,91 @@ def assert_absorbed_exactly_the_runs_files(marks: dict[str, Any]) -> dict[str, s
 def round_trip() -> dict[str, Any]:
     client = get_host("kit-client")
     return json_line(as_app_user(client, "-m", "demo.send", "demo.tasks.add", "2", "3", "--timeout", "90"))
+
+
+# --- several apps on one host: per-app helpers (test_50_apps, test_80_day2) ----
+
+PROBE = f"{TOOLS}/probe.py"
+CROSSAPP = f"{TOOLS}/crossapp.py"
+# A sender for any app: its Celery app object, one signed task, the result.
+_SEND = (
+    "import importlib, json, sys\n"
+    "app = importlib.import_module(sys.argv[1]).app\n"
+    "r = app.send_task(sys.argv[2], args=[json.loads(a) for a in sys.argv[3:]])\n"
+    "try:\n"
+    "    print(json.dumps({'id': r.id, 'result': r.get(timeout=60)}))\n"
+    "except Exception as exc:\n"
+    "    print(json.dumps({'id': r.id, 'error': f'{type(exc).__name__}: {exc}'}))\n"
+)
+
+
+def app_paths(app: str) -> dict[str, str]:
+    """The per-app contract paths (docs/architecture.md, App hosts contract)."""
+    return {
+        "signing key": f"/etc/celery-kit/{app}/signing/signer.key",
+        "broker key": f"/etc/ssl/private/celery-{app}-broker-client.key",
+        "broker secret": f"/etc/celery-kit/{app}/broker.secret",
+        "config module": f"/etc/celery-kit/{app}/celery_kit_config.py",
+    }
+
+
+def as_app(host: testinfra.host.Host, app: str, *argv: str, stdin_file: str | None = None) -> Any:
+    """Run the app's venv python as the app's user with the app's config module."""
+    cmd = " ".join(
+        ["runuser", "-u", f"celery-{app}", "--", "env", f"PYTHONPATH=/etc/celery-kit/{app}", "PYTHONDONTWRITEBYTECODE=1",
+         f"/opt/celery-kit/{app}/venv/bin/python"]
+        + [shlex.quote(a) for a in argv]
+    )
+    if stdin_file is not None:
+        cmd = f"{cmd} < {shlex.quote(stdin_file)}"
+    return host.run(cmd)
+
+
+def send_as(client: testinfra.host.Host, app: str, module: str, task: str, *args: Any) -> dict[str, Any]:
+    """One signed task of app (Celery app object in module) from client; {"id", "result"} or {"id", "error"}."""
+    return json_line(as_app(client, app, "-c", _SEND, module, task, *(json.dumps(a) for a in args)))
+
+
+def app_journal(worker: testinfra.host.Host, app: str) -> str:
+    return worker.check_output(f"journalctl -u celery-worker@{app}.service --no-pager -o cat")
+
+
+def wait_for_app_log(worker: testinfra.host.Host, app: str, needle: str, timeout: float = 60) -> str:
+    """Wait until celery-worker@app's journal has a line containing needle; return that line."""
+    found = kit_testlib.wait_for(
+        lambda: next((line for line in app_journal(worker, app).splitlines() if needle in line), ""), timeout, 1)
+    if not found:
+        tail = "\n".join(app_journal(worker, app).splitlines()[-40:])
+        pytest.fail(f"no line with {needle!r} in celery-worker@{app} within {timeout}s:\n{tail}")
+    return found
+
+
+def amqp(host: testinfra.host.Host, app: str, side: str, vhost: str, *, op: str, arg: str = "") -> dict[str, Any]:
+    """A broker operation with app's credentials, certificate and key (as app's user, password from its secret)."""
+    p = app_paths(app)
+    cert = f"/etc/ssl/certs/celery-{app}-broker-client.pem"
+    argv = [PROBE, "amqp", BROKER, "5671", vhost, f"{app}-{side}", op, *([arg] if arg else [])]
+    return json_line(as_app(host, app, *argv, "--cert", cert, "--key", p["broker key"], stdin_file=p["broker secret"]))
+
+
+@pytest.fixture(scope="session")
+def crossapp_tool(client: testinfra.host.Host) -> None:
+    """Put the lab tool on the client (root-owned, read-only), next to attack.py."""
+    src = pathlib.Path(__file__).resolve().parents[1] / "files" / "crossapp.py"
+    subprocess.run(["docker", "cp", str(src), f"kit-client:{CROSSAPP}"], check=True)
+    client.check_output(f"chown root:root {CROSSAPP} && chmod 0644 {CROSSAPP}")
+
+
+def publish_signed_by_another_app(client: testinfra.host.Host, signer: str, target: str, task: str, *args: Any) -> str:
+    """Sign target's task with signer's key (as signer's user), publish it with target's credentials; its id."""
+    built = json_line(as_app(client, signer, CROSSAPP, "build", f"{signer}.app", task, *(json.dumps(a) for a in args)))
+    assert built["headers"]["task"] == task
+    path = f"/var/lib/celery-kit/{target}/cross-message.json"
+    try:
+        # Hand the signer's message to the target's user (its home; root writes it).
+        client.check_output(f"install -o celery-{target} -g celery-{target} -m 0600 /dev/null {path}")
+        client.check_output(f"printf %s {shlex.quote(json.dumps(built))} > {path}")
+        sent = json_line(as_app(client, target, CROSSAPP, "publish", f"{target}.app", stdin_file=path))
+    finally:
+        client.run(f"rm -f {path}")
+    return str(sent["ids"][0])

@@ -13,95 +13,34 @@ import itertools
 import json
 import os
 import re
-import shlex
 import subprocess
-import time
 import uuid
 
 import pytest
 
-from conftest import BROKER, REJECTED, TOOLS, json_line
+from conftest import (
+    REJECTED,
+    amqp,
+    app_journal,
+    app_paths,
+    publish_signed_by_another_app,
+    send_as,
+    wait_for_app_log,
+)
 
 APPS = ("demo", "reports")
 QUEUE = {"demo": "celery", "reports": "reports"}
-PROBE = f"{TOOLS}/probe.py"
-CROSSAPP = f"{TOOLS}/crossapp.py"
 MARKS = "/var/lib/celery-kit/reports/marks"
 PAIRS = list(itertools.permutations(APPS, 2))  # (owner, other)
 
 
-def paths(app: str) -> dict[str, str]:
-    """The per-app contract paths (docs/architecture.md, App hosts contract)."""
-    return {
-        "signing key": f"/etc/celery-kit/{app}/signing/signer.key",
-        "broker key": f"/etc/ssl/private/celery-{app}-broker-client.key",
-        "broker secret": f"/etc/celery-kit/{app}/broker.secret",
-        "config module": f"/etc/celery-kit/{app}/celery_kit_config.py",
-    }
-
-
-def as_app(host, app: str, *argv: str, stdin: str | None = None, stdin_file: str | None = None):
-    """Run the app's venv python as the app's user with the app's config module."""
-    cmd = " ".join(
-        [
-            "runuser",
-            "-u",
-            f"celery-{app}",
-            "--",
-            "env",
-            f"PYTHONPATH=/etc/celery-kit/{app}",
-            "PYTHONDONTWRITEBYTECODE=1",
-            f"/opt/celery-kit/{app}/venv/bin/python",
-        ]
-        + [shlex.quote(a) for a in argv]
-    )
-    if stdin is not None:
-        cmd = f"printf %s {shlex.quote(stdin)} | {cmd}"
-    elif stdin_file is not None:
-        cmd = f"{cmd} < {shlex.quote(stdin_file)}"
-    return host.run(cmd)
-
-
-def send(client, app: str, task: str, *args: str) -> dict:
-    return json_line(as_app(client, app, "-m", f"{app}.send", task, *args, "--timeout", "60"))
-
-
-def journal(worker, app: str) -> str:
-    return worker.check_output(f"journalctl -u celery-worker@{app}.service --no-pager -o cat")
-
-
-def wait_for_log(worker, app: str, needle: str, timeout: float = 60) -> str:
-    deadline = time.monotonic() + timeout
-    while True:
-        for line in journal(worker, app).splitlines():
-            if needle in line:
-                return line
-        if time.monotonic() > deadline:
-            tail = "\n".join(journal(worker, app).splitlines()[-40:])
-            pytest.fail(f"no line with {needle!r} in celery-worker@{app} within {timeout}s:\n{tail}")
-        time.sleep(1)
+def send(client, app: str, task: str, *args) -> dict:
+    return send_as(client, app, f"{app}.app", task, *args)
 
 
 def marks(worker) -> list[str]:
     f = worker.file(MARKS)
     return f.content_string.split() if f.exists else []
-
-
-def amqp(host, app: str, side: str, vhost: str, *, op: str, arg: str = "") -> dict:
-    """A broker operation with app's credentials, certificate and key (as app's user, password from its secret)."""
-    p = paths(app)
-    cert = f"/etc/ssl/certs/celery-{app}-broker-client.pem"
-    user = f"{app}-{side}"
-    argv = [PROBE, "amqp", BROKER, "5671", vhost, user, op, *([arg] if arg else [])]
-    return json_line(as_app(host, app, *argv, "--cert", cert, "--key", p["broker key"], stdin_file=p["broker secret"]))
-
-
-@pytest.fixture(scope="module")
-def crossapp_tool(client):
-    """Put the lab tool on the client (root-owned, read-only), next to attack.py."""
-    src = __file__.rsplit("/tests/", 1)[0] + "/files/crossapp.py"
-    subprocess.run(["docker", "cp", src, f"kit-client:{CROSSAPP}"], check=True)
-    client.check_output(f"chown root:root {CROSSAPP} && chmod 0644 {CROSSAPP}")
 
 
 # --- the second app works ------------------------------------------------------
@@ -116,15 +55,15 @@ def test_both_workers_run_under_their_own_user(worker):
 
 
 def test_second_app_signed_round_trip(client, worker):
-    result = send(client, "reports", "reports.tasks.total", "[1, 2, 3]")
+    result = send(client, "reports", "reports.tasks.total", [1, 2, 3])
     assert result.get("result") == 6, result
-    assert result["id"] in journal(worker, "reports")
+    assert result["id"] in app_journal(worker, "reports")
     # The demo's worker never saw it: another vhost, another queue.
-    assert result["id"] not in journal(worker, "demo")
+    assert result["id"] not in app_journal(worker, "demo")
 
 
 def test_first_app_round_trip_still_works(client):
-    result = send(client, "demo", "demo.tasks.add", "2", "3")
+    result = send(client, "demo", "demo.tasks.add", 2, 3)
     assert result.get("result") == 5, result
 
 
@@ -175,23 +114,13 @@ def test_reports_task_signed_by_reports_runs(client, worker):
 @pytest.mark.usefixtures("crossapp_tool")
 def test_reports_task_signed_with_the_demo_key_is_rejected(client, worker):
     marker = f"cross-{uuid.uuid4()}"
-    path = "/var/lib/celery-kit/reports/cross-message.json"
-    built = as_app(client, "demo", CROSSAPP, "build", "demo.app", "reports.tasks.mark", json.dumps(marker))
-    message = json_line(built)
-    assert message["headers"]["task"] == "reports.tasks.mark"
-    try:
-        # Hand the demo-signed message to the reports user (its home; root writes it).
-        client.check_output(f"install -o celery-reports -g celery-reports -m 0600 /dev/null {path}")
-        client.check_output(f"printf %s {shlex.quote(json.dumps(message))} > {path}")
-        sent = json_line(as_app(client, "reports", CROSSAPP, "publish", "reports.app", stdin_file=path))
-    finally:
-        client.run(f"rm -f {path}")
-    line = wait_for_log(worker, "reports", f"id={sent['ids'][0]}")
+    sent = publish_signed_by_another_app(client, "demo", "reports", "reports.tasks.mark", marker)
+    line = wait_for_app_log(worker, "reports", f"id={sent}")
     assert REJECTED in line, line
     assert "reason=unknown-signer" in line, line
     # Messages are handled in order: once a later legitimate task has a result,
     # the forged one was handled too.
-    assert send(client, "reports", "reports.tasks.total", "[1, 1]").get("result") == 2
+    assert send(client, "reports", "reports.tasks.total", [1, 1]).get("result") == 2
     assert marker not in marks(worker)
 
 
@@ -202,7 +131,7 @@ def test_reports_task_signed_with_the_demo_key_is_rejected(client, worker):
 @pytest.mark.parametrize(("owner", "other"), PAIRS)
 def test_app_secrets_are_readable_by_their_app_only(request, host_name, owner, other):
     host = request.getfixturevalue(host_name)
-    for what, path in paths(owner).items():
+    for what, path in app_paths(owner).items():
         assert host.file(path).exists, path
         # Positive twin: the owner's user reads its own file with the same check.
         assert host.run(f"runuser -u celery-{owner} -- test -r {path}").rc == 0, (what, path)
@@ -214,8 +143,8 @@ def test_running_worker_cannot_read_the_other_apps_signing_key(worker, owner, ot
     """Inside the worker's own sandbox (mount namespace) and user: what a task could do."""
     pid = worker.check_output(f"systemctl show -p MainPID --value celery-worker@{owner}.service")
     enter = f"nsenter -t {pid} -m -- runuser -u celery-{owner} --"
-    assert worker.run(f"{enter} head -c1 {paths(owner)['signing key']}").rc == 0
-    result = worker.run(f"{enter} head -c1 {paths(other)['signing key']}")
+    assert worker.run(f"{enter} head -c1 {app_paths(owner)['signing key']}").rc == 0
+    result = worker.run(f"{enter} head -c1 {app_paths(other)['signing key']}")
     assert result.rc != 0
     assert "Permission denied" in result.stderr or "No such file" in result.stderr, result.stderr
 
