@@ -46,7 +46,10 @@ STAMP = "/tmp/day2-stamp"
 _AIDE_DEFAULTS = yaml.safe_load((ROOT / "roles/aide/defaults/main.yml").read_text())
 PROTECTED = _AIDE_DEFAULTS["aide_protected_paths"]
 EXCLUDED = _AIDE_DEFAULTS["aide_excluded_paths"]
-ACCEPTED = re.compile(r"^AIDE check: (changed|added|removed): (\S+) \[.*\] context=accepted-by-kit-run$")
+# Paths may hold spaces (setuptools' "script (dev).tmpl"); AIDE's flags hold no brackets.
+ACCEPTED = re.compile(r"^AIDE check: (changed|added|removed): (.+?) \[([^\[\]]*)\] context=accepted-by-kit-run$")
+# The summary line of the same check: counts per kind (the per-file lines stop at aide_report_max_files).
+ACCEPTED_COUNTS = re.compile(r"^AIDE check: changed=(\d+) added=(\d+) removed=(\d+) exit=\d+ context=accepted-by-kit-run")
 REBUILT = re.compile(r"^AIDE baseline rebuilt by celery-kit: sha256=(\w+) reasons=(.*)$")
 
 
@@ -184,14 +187,19 @@ def controller_record(name: str) -> str:
     return (CONTROLLER_AIDE / f"{name}.sha256").read_text().split()[0]
 
 
-def _find(extra: str) -> str:
+def _find(extra: str, kind: str = "! -type d") -> str:
     prune = " -o ".join(f"-path {shlex.quote(x)}" for x in EXCLUDED)
     starts = " ".join(shlex.quote(p) for p in PROTECTED)
-    return f"find {starts} -xdev \\( {prune} \\) -prune -o ! -type d {extra} -print 2>/dev/null; true"
+    return f"find {starts} -xdev \\( {prune} \\) -prune -o {kind} {extra} -print 2>/dev/null; true"
+
+
+def dirs_now(name: str) -> set[str]:
+    return set(get_host(name).check_output(_find("", "-type d")).splitlines())
 
 
 def files_now(name: str) -> set[str]:
-    return set(get_host(name).check_output(_find("")).split())
+    # One path a line: paths may hold spaces.
+    return set(get_host(name).check_output(_find("")).splitlines())
 
 
 def start_watching() -> dict[str, Any]:
@@ -201,7 +209,7 @@ def start_watching() -> dict[str, Any]:
         host = get_host(name)
         marker = f"day2-marker {uuid.uuid4()}"
         host.check_output(f"logger -t {TAG} {shlex.quote(marker)} && touch {STAMP}")
-        marks[name] = {"marker": marker, "files": files_now(name), "db": sha256(name, HOST_DB)}
+        marks[name] = {"marker": marker, "files": files_now(name), "dirs": dirs_now(name), "db": sha256(name, HOST_DB)}
     # ctime has nanoseconds, but make sure nothing of this second counts.
     time.sleep(1.1)
     return marks
@@ -217,37 +225,52 @@ def aide_lines_after(name: str, marker: str) -> list[str]:
 def changed_during_run(name: str, before: set[str]) -> set[str]:
     """The independent probe: protected files whose ctime moved, plus removed ones."""
     host = get_host(name)
-    touched = set(host.check_output(_find(f"-cnewer {STAMP}")).split())
+    touched = set(host.check_output(_find(f"-cnewer {STAMP}")).splitlines())
     return touched | (before - files_now(name))
 
 
-def absorbed(name: str, mark: dict[str, Any]) -> tuple[set[str], list[str]]:
-    """Files the run's rebuild accepted (its audit lines, directories left out), and its reasons."""
+def absorbed(name: str, mark: dict[str, Any]) -> tuple[set[str], list[str], int]:
+    """Files the run's rebuild accepted (its audit lines, directories left out), its reasons, and how
+    many it accepted: len(files) when the audit listed every path; else the count of its summary line
+    (files and directories), since the audit lists at most aide_report_max_files paths of each kind."""
     lines = aide_lines_after(name, mark["marker"])
     paths = {m[2] for m in map(ACCEPTED.match, lines) if m}
     dirs = set()
     if paths:
         test = " ".join(shlex.quote(p) for p in sorted(paths))
-        dirs = set(get_host(name).check_output(f'for p in {test}; do [ -d "$p" ] && echo "$p"; done; true').split())
+        dirs = set(get_host(name).check_output(f'for p in {test}; do [ -d "$p" ] && echo "$p"; done; true').splitlines())
     reasons = [m[2] for m in map(REBUILT.match, lines) if m]
-    return paths - dirs, reasons
+    counts = [sum(map(int, m.groups())) for m in map(ACCEPTED_COUNTS.match, lines) if m]
+    # An audit that lists every path (no "+N more") lists its directories too, left out above.
+    total = counts[-1] if counts else len(paths)
+    return paths - dirs, reasons, (len(paths - dirs) if total == len(paths) else total)
 
 
 def assert_absorbed_exactly_the_runs_files(marks: dict[str, Any]) -> dict[str, set[str]]:
     accepted_by_host: dict[str, set[str]] = {}
     for name in MANAGED:
         expected = changed_during_run(name, marks[name]["files"])
-        accepted, reasons = absorbed(name, marks[name])
+        accepted, reasons, total = absorbed(name, marks[name])
         if not expected:
             # E.g. the log server, which forwards to nobody: no change, no rebuild.
             assert not accepted and not reasons, f"{name}: nothing changed, yet AIDE accepted {accepted} ({reasons})"
             assert sha256(name, HOST_DB) == marks[name]["db"], name
             accepted_by_host[name] = set()
             continue
-        assert accepted == expected, (
-            f"{name}: AIDE accepted {sorted(accepted)}, the run changed {sorted(expected)};"
-            f" accepted only: {sorted(accepted - expected)}; changed only: {sorted(expected - accepted)}"
-        )
+        if total == len(accepted):
+            assert accepted == expected, (
+                f"{name}: AIDE accepted {sorted(accepted)}, the run changed {sorted(expected)};"
+                f" accepted only: {sorted(accepted - expected)}; changed only: {sorted(expected - accepted)}"
+            )
+        else:
+            # More than the audit lists (a new app's venv): the listed ones are among the run's
+            # files, and the count of all accepted files is the count of the run's files.
+            assert accepted <= expected, f"{name}: AIDE accepted files the run did not change: {sorted(accepted - expected)}"
+            # AIDE's counts hold the directories it added or removed (a changed directory is no
+            # change to it: no times in its directory rule).
+            dirs = len(dirs_now(name) ^ marks[name]["dirs"])
+            assert total == len(expected) + dirs, (
+                f"{name}: AIDE accepted {total} paths, the run changed {len(expected)} files and {dirs} directories")
         assert len(reasons) == 1, f"{name}: expected one rebuild, got {reasons}"
         assert "another kit role changed protected files" in reasons[0], reasons
         assert "aide_update_baseline" not in reasons[0] and "interrupted" not in reasons[0], reasons
