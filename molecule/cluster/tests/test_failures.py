@@ -86,6 +86,18 @@ def worker_pid() -> str:
     return lab("clu-worker").check_output(f"systemctl show -p MainPID --value {WORKER_UNIT}").strip()
 
 
+def worker_children() -> list[str]:
+    """The pids of the worker's pool processes.
+
+    The lab image has no procps (pgrep printed nothing, so the kill test
+    killed nothing) and its kernel no /proc/<pid>/task/<tid>/children: the
+    parent is read from each process's status file.
+    """
+    pid = worker_pid()
+    out = lab("clu-worker").run(f"grep -lx 'PPid:[[:space:]]*{pid}' /proc/[0-9]*/status").stdout
+    return [line.split("/")[2] for line in out.split()]
+
+
 def executions() -> list[str]:
     return lab("clu-worker").run(f"cat {EXECUTIONS}").stdout.split()
 
@@ -145,12 +157,13 @@ def run_load(name: str, disrupt: Callable[[], object], *, pace: float = 0.01, **
         "duplicates": sum(duplicates.values()),
         "send_errors": report["errors"],
         "send_seconds": report["seconds"],
+        "error_kinds": report.get("error_kinds", {}),
         "effect": effect,
     }
     FIGURES.append(
         f"LOAD {name}: sent={COUNT} confirmed={report['confirmed']} ran={len(ran)} lost={len(lost)} "
         f"duplicates={numbers['duplicates']} send_errors={report['errors']} "
-        f"(sending took {report['seconds']} s; {effect})"
+        f"(sending took {report['seconds']} s; {effect}; errors: {numbers['error_kinds'] or 'none'})"
     )
     print(f"LOAD {name}: {json.dumps(numbers)}")
     assert report["confirmed"] == COUNT, report["last_error"]
@@ -275,7 +288,7 @@ def test_kill_9_worker_processes_mid_task_with_acks_late():
     def kill_children() -> int:
         killed = 0
         for _ in range(3):
-            children = lab("clu-worker").run(f"pgrep -P {worker_pid()}").stdout.split()
+            children = worker_children()
             if children:
                 lab("clu-worker").run(f"kill -9 {children[0]}")
                 killed += 1
