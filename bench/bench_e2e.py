@@ -76,9 +76,10 @@ if [ ! -f client.pem ]; then
   done
   chmod 0644 *.pem && chown rabbitmq server.key
 fi
-cat > /etc/rabbitmq/rabbitmq.conf <<'EOF'
-listeners.tcp.default = 127.0.0.1:5672
-listeners.ssl.default = 127.0.0.1:5671
+# BENCH_LISTEN: bench/bench_cluster.py's nodes listen on their network address.
+cat > /etc/rabbitmq/rabbitmq.conf <<EOF
+listeners.tcp.default = ${BENCH_LISTEN:-127.0.0.1}:5672
+listeners.ssl.default = ${BENCH_LISTEN:-127.0.0.1}:5671
 ssl_options.cacertfile = /bench/pki/ca.pem
 ssl_options.certfile = /bench/pki/server.pem
 ssl_options.keyfile = /bench/pki/server.key
@@ -94,7 +95,8 @@ if ! rabbitmqctl -q status >/dev/null 2>&1; then
 fi
 rabbitmqctl -q add_user bench benchbenchbenchbench 2>/dev/null || true
 rabbitmqctl -q set_permissions -p / bench '.*' '.*' '.*'
-if [ ! -x /bench/venv/bin/celery ]; then
+# No wheelhouse: a node of bench/bench_cluster.py that only serves the queues.
+if [ -d /bench/wheelhouse ] && [ ! -x /bench/venv/bin/celery ]; then
   python3 -m venv /bench/venv
   /bench/venv/bin/pip install -q --no-index --find-links /bench/wheelhouse celery celery-kit-security-lib
 fi
@@ -107,13 +109,27 @@ from celery import Celery
 
 MODE = os.environ.get("BENCH_MODE", "")
 PKI = "/bench/pki"
+# bench/bench_cluster.py: the nodes to list in the URL, the queue and its
+# type, and the kit's cluster delivery settings.
+HOSTS = os.environ.get("BENCH_BROKERS", "localhost").split(",")
+QUEUE = os.environ.get("BENCH_QUEUE", "celery")
+QUEUE_TYPE = os.environ.get("BENCH_QUEUE_TYPE", "")
 
 def make_app():
     scheme, port = ("amqp", 5672) if MODE == "plain+json" else ("amqps", 5671)
-    app = Celery("benchapp", broker=f"{scheme}://bench:benchbenchbenchbench@localhost:{port}//", backend="rpc://")
+    urls = ";".join(f"{scheme}://bench:benchbenchbenchbench@{host}:{port}//" for host in HOSTS)
+    app = Celery("benchapp", broker=urls, backend="rpc://")
     app.conf.update(task_serializer="json", accept_content=["json"], result_serializer="json",
                     result_accept_content=["json"], worker_prefetch_multiplier=4,
                     broker_connection_retry_on_startup=True)
+    if QUEUE != "celery" or QUEUE_TYPE:
+        from kombu import Queue
+        arguments = {"x-queue-type": QUEUE_TYPE} if QUEUE_TYPE else {}
+        app.conf.update(task_default_queue=QUEUE, task_queues=[Queue(QUEUE, queue_arguments=arguments)])
+    if os.environ.get("BENCH_DELIVERY") == "cluster":
+        # What celery_app's config module sets in a cluster for an app with acks_late: true.
+        app.conf.update(broker_transport_options={"confirm_publish": True}, task_acks_late=True,
+                        task_reject_on_worker_lost=True, worker_prefetch_multiplier=1)
     if MODE in ("tls+json", "tls+auth"):
         app.conf.broker_use_ssl = {"ca_certs": f"{PKI}/ca.pem", "certfile": f"{PKI}/client.pem",
                                    "keyfile": f"{PKI}/client.key", "cert_reqs": ssl.CERT_REQUIRED,
@@ -148,7 +164,7 @@ if __name__ == "__main__":
          "--loglevel=WARNING", "--without-gossip", "--without-mingle", "--without-heartbeat", "-n", f"bench-{os.getpid()}@%h"],
         env=env, cwd="/bench")
     try:
-        subprocess.run(["rabbitmqctl", "-q", "purge_queue", "celery"], check=False, capture_output=True)
+        subprocess.run(["rabbitmqctl", "-q", "purge_queue", QUEUE], check=False, capture_output=True)
         # Warm-up: the worker is up and connections are open.
         add.delay(1, 1).get(timeout=120)
         [r.get(timeout=120) for r in [add.delay(i, i) for i in range(50)]]
@@ -168,10 +184,15 @@ def sh(*argv: str, check: bool = True, **kw) -> subprocess.CompletedProcess[str]
     return subprocess.run(list(argv), check=check, text=True, **kw)
 
 
-def run_mode(mode: str, tasks: int, concurrency: int) -> dict | None:
-    """Run one mode in the container; return its result row (None: it failed, output printed)."""
-    out = sh("docker", "exec", "-e", f"BENCH_MODE={mode}", "-e", "PYTHONPATH=/bench", "-w", "/bench",
-             CONTAINER, "/bench/venv/bin/python", "/bench/benchapp.py", str(tasks), str(concurrency),
+def run_mode(mode: str, tasks: int, concurrency: int, container: str = CONTAINER,
+             env: dict[str, str] | None = None) -> dict | None:
+    """Run one mode in the container; return its result row (None: it failed, output printed).
+
+    ``env``: more BENCH_* variables for the inner script (bench/bench_cluster.py's).
+    """
+    extra = [arg for k, v in (env or {}).items() for arg in ("-e", f"{k}={v}")]
+    out = sh("docker", "exec", "-e", f"BENCH_MODE={mode}", "-e", "PYTHONPATH=/bench", *extra, "-w", "/bench",
+             container, "/bench/venv/bin/python", "/bench/benchapp.py", str(tasks), str(concurrency),
              capture_output=True)
     line = [row for row in out.stdout.splitlines() if row.startswith("{")]
     if not line:

@@ -11,12 +11,13 @@ Each task's id is ``<tag>-<n>`` (n from 0). The app publishes with confirms
 or raises. A send that raised is counted and sent again with the same id
 (a copy the broker did confirm after all is refused by the worker's replay
 check, so it cannot run twice). Prints and writes JSON: ids confirmed, the
-sends that raised, the last error, the wall time.
+sends that raised (and how many of each error), the last error, the wall time.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import sys
 import time
@@ -39,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     confirmed: list[str] = []
     errors = 0
     last_error = ""
+    kinds: collections.Counter[str] = collections.Counter()
     start = time.monotonic()
     for n in range(options.count):
         task_id = f"{options.tag}-{n}"
@@ -56,6 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # noqa: BLE001 - every failure is counted and the send retried
                 errors += 1
                 last_error = f"{type(exc).__name__}: {exc}"
+                kinds[last_error[:160]] += 1
                 if errors > options.max_errors:
                     break
                 time.sleep(0.5)
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         "confirmed": len(confirmed),
         "errors": errors,
         "last_error": last_error,
+        "error_kinds": dict(kinds),
         "seconds": round(time.monotonic() - start, 1),
         "ids": confirmed,
     }

@@ -138,12 +138,32 @@ def tcp_open(src: str, dst: str, port: int) -> bool:
     return lab(src).run(f"timeout 4 bash -c {quote(f'</dev/tcp/{dst}/{port}')}").rc == 0
 
 
+def input_dropped(broker: str) -> int:
+    """Packets the broker's firewall dropped on input (its named counter)."""
+    out = lab(broker).check_output("nft -j list counter inet celery_kit_fw input_dropped")
+    return next(int(i["counter"]["packets"]) for i in json.loads(out)["nftables"] if "counter" in i)
+
+
 @pytest.mark.parametrize("port", [EPMD, DIST])
 @pytest.mark.parametrize("src", ["clu-outsider", "clu-client"])
 def test_non_brokers_reach_neither_epmd_nor_the_distribution_port(src, port):
+    dropped = input_dropped("clu-broker1")
     assert not tcp_open(src, "clu-broker1", port)
-    # Twin: the same host reaches the broker's AMQPS port, so the probe works.
-    assert src == "clu-outsider" or tcp_open(src, "clu-broker1", 5671)
+    # The probe reached the broker and its firewall dropped it (not a routing failure).
+    assert input_dropped("clu-broker1") > dropped
+    if src == "clu-client":
+        # Twin: the same host reaches the broker's AMQPS port, so the probe works.
+        assert tcp_open(src, "clu-broker1", 5671)
+    else:
+        # Twin: the outsider may reach nothing on a broker; the same probe from it
+        # sees a listener on that port number (its own, on its network address).
+        lab(src).check_output(
+            f"nohup timeout 30 python3 -c {quote(LISTENER)} {port} > /dev/null 2>&1 &")
+        assert wait_for(lambda: tcp_open(src, src, port), timeout=15)
+
+
+LISTENER = ("import socket, sys; s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); "
+            "s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(); s.accept()")
 
 
 @pytest.mark.parametrize("port", [EPMD, DIST])

@@ -7,10 +7,13 @@ signed demo.tasks.record tasks with known ids while something fails; the
 task appends its id to a file on the worker once it ran, so executions are
 counted by id.
 
-What is counted (printed as LOAD lines, per test): lost = confirmed ids
-never executed (must be 0); duplicates = executions beyond the first of an
-id (allowed and reported: acks_late is at least once, a task whose ack was
-lost with its connection runs again).
+What is counted (a LOAD line per test in the "cluster failure figures"
+section at the end of the run): sent = tasks the sender was asked to send;
+confirmed = sends the broker confirmed; send errors = sends that raised (each
+is sent again with the same id); ran = distinct ids executed; lost =
+confirmed ids never executed (must be 0); duplicates = executions beyond the
+first of an id (allowed and reported: acks_late is at least once, a task whose
+ack was lost with its connection runs again).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import time
 from collections.abc import Callable
 
 from kit_testlib import address, lab, quote, wait_for
+
+from conftest import FIGURES
 
 BROKERS = ["clu-broker1", "clu-broker2", "clu-broker3"]
 NODES = [f"rabbit@{b}" for b in BROKERS]
@@ -81,6 +86,18 @@ def worker_pid() -> str:
     return lab("clu-worker").check_output(f"systemctl show -p MainPID --value {WORKER_UNIT}").strip()
 
 
+def worker_children() -> list[str]:
+    """The pids of the worker's pool processes.
+
+    The lab image has no procps (pgrep printed nothing, so the kill test
+    killed nothing) and its kernel no /proc/<pid>/task/<tid>/children: the
+    parent is read from each process's status file.
+    """
+    pid = worker_pid()
+    out = lab("clu-worker").run(f"grep -lx 'PPid:[[:space:]]*{pid}' /proc/[0-9]*/status").stdout
+    return [line.split("/")[2] for line in out.split()]
+
+
 def executions() -> list[str]:
     return lab("clu-worker").run(f"cat {EXECUTIONS}").stdout.split()
 
@@ -131,14 +148,23 @@ def run_load(name: str, disrupt: Callable[[], object], *, pace: float = 0.01, **
     effect = disrupt()
     report = sent(out)
     lost, duplicates = count(report["ids"])
+    ran = set(executions()) & set(report["ids"])
     numbers = {
+        "sent": COUNT,
         "confirmed": report["confirmed"],
-        "send_errors": report["errors"],
-        "send_seconds": report["seconds"],
+        "ran": len(ran),
         "lost": len(lost),
         "duplicates": sum(duplicates.values()),
+        "send_errors": report["errors"],
+        "send_seconds": report["seconds"],
+        "error_kinds": report.get("error_kinds", {}),
         "effect": effect,
     }
+    FIGURES.append(
+        f"LOAD {name}: sent={COUNT} confirmed={report['confirmed']} ran={len(ran)} lost={len(lost)} "
+        f"duplicates={numbers['duplicates']} send_errors={report['errors']} "
+        f"(sending took {report['seconds']} s; {effect}; errors: {numbers['error_kinds'] or 'none'})"
+    )
     print(f"LOAD {name}: {json.dumps(numbers)}")
     assert report["confirmed"] == COUNT, report["last_error"]
     assert not lost, f"{len(lost)} confirmed tasks never ran, e.g. {lost[:5]}"
@@ -217,6 +243,28 @@ def test_kill_9_the_workers_broker_node_under_load():
     assert wait_for(lambda: left(before), timeout=60), before
 
 
+def test_stop_the_producers_node_while_it_publishes():
+    """Every send returns confirmed or raises: none is lost silently when the producer's own node stops."""
+    nodes: dict[str, object] = {}
+
+    def stop_producers_node() -> str:
+        before = wait_for(lambda: connected_nodes("demo-producer"), timeout=30, interval=0.5)
+        assert before, "the producer holds no broker connection"
+        node = nodes["stopped"] = before[0]
+        lab(node).check_output("systemctl stop rabbitmq-server")
+        try:
+            # Twin: the sender really was on the stopped node and went on
+            # publishing through another one.
+            nodes["after"] = wait_for(lambda: [n for n in connected_nodes("demo-producer") if n != node],
+                                      timeout=60, interval=1)
+        finally:
+            lab(node).check_output("systemctl start rabbitmq-server")
+        return f"stopped {node}, the producer moved to {nodes['after']}"
+
+    run_load("stop-producer-node", stop_producers_node, pace=0.03)
+    assert nodes["after"], f"the producer did not move away from {nodes['stopped']}"
+
+
 def test_rolling_restart_of_all_three_nodes_under_load():
     def rolling() -> list[str]:
         for broker in BROKERS:
@@ -240,7 +288,7 @@ def test_kill_9_worker_processes_mid_task_with_acks_late():
     def kill_children() -> int:
         killed = 0
         for _ in range(3):
-            children = lab("clu-worker").run(f"pgrep -P {worker_pid()}").stdout.split()
+            children = worker_children()
             if children:
                 lab("clu-worker").run(f"kill -9 {children[0]}")
                 killed += 1
@@ -268,6 +316,11 @@ def test_countdown_tasks_run_on_quorum_queues_after_their_countdown():
     assert report["confirmed"] == 20
     early = executions()
     lost, duplicates = count(report["ids"], settle=2)
+    ran = set(executions()) & set(report["ids"])
+    FIGURES.append(
+        f"LOAD countdown (8 s): sent=20 confirmed={report['confirmed']} ran={len(ran)} lost={len(lost)} "
+        f"duplicates={sum(duplicates.values())} send_errors={report['errors']} ran_before_due={len(early)}"
+    )
     print(f"LOAD countdown: early={len(early)} lost={len(lost)} duplicates={sum(duplicates.values())}")
     assert not lost
     # Twin: none ran before its countdown was over (sending took a few seconds).
