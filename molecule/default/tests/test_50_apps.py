@@ -186,12 +186,26 @@ GOOD_APPS = [
 ]
 
 
-def run_preflight(tmp_path, apps: list[dict]) -> subprocess.CompletedProcess:
-    """The role's preflight on two local pseudo-hosts (a worker and a client); nothing is changed."""
+# The Python of the pseudo-hosts (the controller's /usr/bin/python3).
+LOCAL_PYTHON = subprocess.run(
+    ["/usr/bin/python3", "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
+    capture_output=True,
+    text=True,
+    check=True,
+).stdout.strip()
+
+
+def run_preflight(tmp_path, apps: list[dict], pythons: str | None = LOCAL_PYTHON) -> subprocess.CompletedProcess:
+    """The role's preflight on two local pseudo-hosts (a worker and a client); nothing is changed.
+
+    pythons: what the wheelhouse records as built for (.celery-kit-pythons), None for no record.
+    """
     wheels = tmp_path / "wheelhouse"
     wheels.mkdir(exist_ok=True)
     for name in ("celery-5.7.0", "kombu-5.7.0", "celery_kit_security_lib-0.1.0", "alpha_app-1.0", "beta_app-2.0"):
         (wheels / f"{name}-py3-none-any.whl").touch()
+    if pythons is not None:
+        (wheels / ".celery-kit-pythons").write_text(pythons + "\n")
     (tmp_path / "hosts.ini").write_text(
         "[brokers]\nb1 ansible_connection=local\n[workers]\nw1 ansible_connection=local\n[clients]\nc1 ansible_connection=local\n"
     )
@@ -262,3 +276,21 @@ def test_preflight_refuses_a_bad_app_list(tmp_path, apps, message):
     output = result.stdout + result.stderr
     assert result.returncode != 0, output[-3000:]
     assert message in " ".join(output.split()), output[-3000:]
+
+
+@pytest.mark.parametrize(
+    ("pythons", "message"),
+    [
+        ("3.9", f"runs Python {LOCAL_PYTHON}, but the wheelhouse"),
+        (None, "no .celery-kit-pythons: built by an older kit"),
+    ],
+    ids=["other-python", "no-record"],
+)
+def test_preflight_refuses_a_wheelhouse_built_for_another_python(tmp_path, pythons, message):
+    """A compiled wheel for another Python would fail in pip, halfway; the positive twin is
+    test_preflight_accepts_a_good_app_list (the same wheelhouse recording the hosts' Python)."""
+    result = run_preflight(tmp_path, GOOD_APPS, pythons=pythons)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output[-3000:]
+    assert message in " ".join(output.split()), output[-3000:]
+    assert "celery_app_wheelhouse_pythons" in output, output[-3000:]
