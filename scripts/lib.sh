@@ -5,13 +5,21 @@ set -euo pipefail
 
 KIT_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 KIT_CACHE=${KIT_CACHE:-/var/cache/celery-kit}
-# The Debian release of the lab's hosts: bookworm (12) or trixie (13).
+# The Debian release of the lab's hosts: bookworm (12) or trixie (13), or a
+# mixed lab as in a rolling OS upgrade (molecule/shared/create.yml picks each
+# host's image): mixed puts the servers (brokers, log servers) on 13 and the
+# app hosts on 12, mixed-reverse the other way round.
 KIT_LAB_RELEASE=${KIT_LAB_RELEASE:-bookworm}
 case "$KIT_LAB_RELEASE" in
-  bookworm|trixie) ;;
-  *) echo "error: KIT_LAB_RELEASE must be bookworm or trixie (got '$KIT_LAB_RELEASE')" >&2; exit 2 ;;
+  bookworm|trixie) KIT_LAB_IMAGE=${KIT_LAB_IMAGE:-celery-kit/debian:$KIT_LAB_RELEASE} ;;
+  mixed|mixed-reverse)
+    if [ -n "${KIT_LAB_IMAGE:-}" ]; then
+      echo "error: KIT_LAB_IMAGE=$KIT_LAB_IMAGE names one image; a $KIT_LAB_RELEASE lab uses both releases' images" >&2
+      exit 2
+    fi
+    KIT_LAB_IMAGE= ;;
+  *) echo "error: KIT_LAB_RELEASE must be bookworm, trixie, mixed or mixed-reverse (got '$KIT_LAB_RELEASE')" >&2; exit 2 ;;
 esac
-KIT_LAB_IMAGE=${KIT_LAB_IMAGE:-celery-kit/debian:$KIT_LAB_RELEASE}
 export KIT_LAB_RELEASE KIT_LAB_IMAGE
 
 kit_log() { printf '\n==> %s\n' "$*" >&2; }
@@ -83,6 +91,12 @@ kit_ensure_venv() {
 }
 
 kit_ensure_image() {
+  case "$KIT_LAB_RELEASE" in
+    mixed|mixed-reverse)
+      KIT_LAB_RELEASE=bookworm KIT_LAB_IMAGE=celery-kit/debian:bookworm kit_ensure_image
+      KIT_LAB_RELEASE=trixie KIT_LAB_IMAGE=celery-kit/debian:trixie kit_ensure_image
+      return 0 ;;
+  esac
   if docker image inspect "$KIT_LAB_IMAGE" >/dev/null 2>&1; then return 0; fi
   "$KIT_ROOT/scripts/build-image"
 }
