@@ -133,9 +133,10 @@ def test_broker_tls_rotation_under_load() -> None:
     assert served_serial() == old == serial(BROKER, BROKER_CERT)
     load.wait_batches(1)
 
-    # Interrupted again after the renames, before the reload (done here by hand, as kit_tls_swap does it). The
-    # files carry an mtime older than the PEM cache's last periodic check, as after an issue step run long ago:
-    # that check never notices them. What a new connection gets now is the finding (printed).
+    # Interrupted again after the renames, before the reload (done here by hand). The files keep an mtime older
+    # than the PEM cache's last periodic check (kit_tls_swap would give them the time of the swap, which that
+    # check picks up within its interval): only the clear can make RabbitMQ serve them. What a new connection
+    # gets now is printed (Erlang 25 outside the lab: the cached old pair).
     b.check_output(f"touch -d '1 hour ago' {BROKER_NEXT_CERT} {BROKER_NEXT_KEY} && "
                    f"mv -T {BROKER_NEXT_CERT} {BROKER_CERT} && mv -T {BROKER_NEXT_KEY} {BROKER_KEY}")
     cached = served_serial()

@@ -5,7 +5,14 @@ Used by roles/pki/tasks/rotate_tls.yml (playbooks/rotate.yml) after the next
 pair was checked. Two renames inside one directory each (atomic per file), one
 right after the other: a reader that opens the two paths between them is the
 only one that can see a new certificate with the old key, for microseconds
-(two copy tasks left about a second between them). The certificate goes
+(two copy tasks left about a second between them). Both files get the time
+of the swap as their modification time first: a reader that caches by
+modification time sees both as changed at once. Erlang's PEM cache (RabbitMQ)
+re-reads, at its periodic check, only the files modified since the previous
+check: a next key made by an earlier run, renamed in with a new certificate,
+would be kept cached while the new certificate is read, and RabbitMQ would
+serve the new certificate with the old key, failing every handshake, until
+the cache is cleared (seen with Erlang 25's ssl 10.8.7). The certificate goes
 first: a run stopped between the two leaves the next key, and the re-run signs
 a new certificate for it. Owners and modes are the next files' own (the tasks
 made them as the live ones must be). Nothing to rename: not changed.
@@ -52,6 +59,11 @@ def main() -> None:
     todo = [(src, dest) for src, dest in pairs if os.path.lexists(src)]
     done: list[str] = []
     if todo and not module.check_mode:
+        for src, _ in todo:
+            try:
+                os.utime(src)
+            except OSError as exc:
+                module.fail_json(msg=f"cannot touch {src}: {exc.strerror}", renamed=done)
         for src, dest in todo:
             try:
                 os.rename(src, dest)
