@@ -33,6 +33,8 @@ SIGNING = f"/etc/celery-kit/{APP}/signing"
 HOME = f"/var/lib/celery-kit/{APP}"
 VENV_PY = f"/opt/celery-kit/{APP}/venv/bin/python"
 LOAD = "/usr/local/lib/rotation_load.py"
+EXPIRY_CHECK = "/usr/local/sbin/celery-kit-cert-expiry"
+MANIFEST = "/etc/ssl/celery-kit-certificates.list"
 ROTATE = PROJECT / "playbooks" / "rotate.yml"
 REJECTED = "security_lib rejected message:"
 CLIENT, WORKER = "rot-client", "rot-worker"
@@ -49,9 +51,14 @@ def serial(host: str, path: str) -> str:
     return lab(host).check_output(f"openssl x509 -noout -serial -in {quote(path)}").split("=", 1)[1]
 
 
-def store_serials() -> list[str]:
-    names = lab(WORKER).check_output(f"ls {STORE}").split()
-    return sorted(serial(WORKER, f"{STORE}/{n}") for n in names if n.startswith(CLIENT))
+def store_serials(host: str = WORKER) -> list[str]:
+    """The serials of the producer's certificates in a host's signer store (workers and producers hold one)."""
+    names = lab(host).check_output(f"ls {STORE}").split()
+    return sorted(serial(host, f"{STORE}/{n}") for n in names if n.startswith(CLIENT))
+
+
+def stores() -> dict[str, list[str]]:
+    return {host: store_serials(host) for host in (WORKER, CLIENT)}
 
 
 def main_pid() -> str:

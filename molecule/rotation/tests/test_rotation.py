@@ -15,9 +15,11 @@ from kit_testlib import PROJECT, PlaybookRun, lab, playbook, wait_for
 from conftest import (
     APP,
     CLIENT,
+    EXPIRY_CHECK,
     FIGURES,
     HOME,
     LOAD,
+    MANIFEST,
     REJECTED,
     ROTATE,
     SERVICE,
@@ -28,7 +30,7 @@ from conftest import (
     as_app_user,
     main_pid,
     serial,
-    store_serials,
+    stores,
     worker_log,
 )
 
@@ -54,7 +56,7 @@ def old_signer() -> str:
 
 def test_signer_rotation_under_load(old_signer: str) -> None:
     pid = main_pid()
-    assert store_serials() == [old_signer]
+    assert stores() == {WORKER: [old_signer], CLIENT: [old_signer]}
     load = Load("rot-signer").start()
     load.wait_batches(2)
     began = time.monotonic()
@@ -63,7 +65,7 @@ def test_signer_rotation_under_load(old_signer: str) -> None:
     took_issue, run = rotate("-e", "rotate_stage=issue")
     assert run.returncode == 0, run.tail()
     assert serial(CLIENT, f"{SIGNING}/signer.pem") == old_signer
-    assert store_serials() == [old_signer]
+    assert stores() == {WORKER: [old_signer], CLIENT: [old_signer]}
     load.wait_batches(1)  # every host still works
 
     # The re-run completes: issue (no change), trust + reload, switch.
@@ -71,17 +73,28 @@ def test_signer_rotation_under_load(old_signer: str) -> None:
     assert run.returncode == 0, run.tail()
     new = serial(CLIENT, f"{SIGNING}/signer.pem")
     assert new != old_signer
-    assert store_serials() == sorted([old_signer, new])
+    # Both signers trusted in every store, the producer's own too (its processes load it at start).
+    assert stores() == {WORKER: sorted([old_signer, new]), CLIENT: sorted([old_signer, new])}
     assert "security_lib signer store reloaded:" in worker_log()
     # Retire before the replay window has passed: refused, says how long to wait.
     run_early = rotate("-e", "rotate_stage=retire")[1]
     assert run_early.returncode != 0
     assert run_early.said("Re-run the retire step in")
-    assert store_serials() == sorted([old_signer, new])
+    assert stores() == {WORKER: sorted([old_signer, new]), CLIENT: sorted([old_signer, new])}
     load.wait_batches(2)  # signed with the new key now
     took_retire, run = rotate("-e", "rotate_stage=retire", "-e", "rotate_wait=true")
     assert run.returncode == 0, run.tail()
-    assert store_serials() == [new]
+    # The old certificate left every store; the new one is the producer's, as the pki role issues it
+    # (root's certificate), and the next pair is gone from the expiry report's list too: the expiry
+    # check reads every file listed (a listed file that is gone is an error at each check).
+    assert stores() == {WORKER: [new], CLIENT: [new]}
+    c = lab(CLIENT)
+    assert c.check_output(f"stat -c '%U:%G %a' {SIGNING}/signer.pem") == "root:root 644"
+    assert not c.file(f"{SIGNING}/signer-next.pem").exists and not c.file(f"{SIGNING}/signer-next.key").exists
+    assert f"{SIGNING}/signer-next.pem" not in c.file(MANIFEST).content_string
+    assert f"{SIGNING}/signer.pem" in c.file(MANIFEST).content_string.splitlines()
+    expiry = c.run(EXPIRY_CHECK)
+    assert expiry.rc == 0 and "failed=0" in expiry.stdout + expiry.stderr, expiry.stdout + expiry.stderr
     load.wait_batches(2)
     total = time.monotonic() - began
     sent, ran, rejected = load.stop()
