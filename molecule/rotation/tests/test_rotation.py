@@ -7,99 +7,34 @@ test summary (conftest.py): tasks sent / run / rejected and the time each step t
 
 from __future__ import annotations
 
-import re
 import time
-import uuid
-from dataclasses import dataclass
 
 import pytest
-from kit_testlib import PROJECT, PlaybookRun, lab, playbook, quote, wait_for
+from kit_testlib import PROJECT, PlaybookRun, lab, playbook, wait_for
 
-from conftest import FIGURES
+from conftest import (
+    APP,
+    CLIENT,
+    EXPIRY_CHECK,
+    FIGURES,
+    HOME,
+    LOAD,
+    MANIFEST,
+    REJECTED,
+    ROTATE,
+    SERVICE,
+    SIGNING,
+    STORE,
+    WORKER,
+    Load,
+    as_app_user,
+    main_pid,
+    serial,
+    stores,
+    worker_log,
+)
 
-APP = "demo"
-SERVICE = f"celery-worker@{APP}.service"
-STORE = f"/etc/celery-kit/{APP}/signers"
-SIGNING = f"/etc/celery-kit/{APP}/signing"
-HOME = f"/var/lib/celery-kit/{APP}"
-VENV_PY = f"/opt/celery-kit/{APP}/venv/bin/python"
-LOAD = "/usr/local/lib/rotation_load.py"
-ROTATE = PROJECT / "playbooks" / "rotate.yml"
 STEP = PROJECT / "molecule" / "rotation" / "files" / "rotate_step.yml"
-REJECTED = "security_lib rejected message:"
-CLIENT, WORKER = "rot-client", "rot-worker"
-BATCH = 5
-
-
-def as_app_user(pythonpath: str, *argv: str) -> str:
-    return " ".join(
-        ["runuser", "-u", f"celery-{APP}", "--", "env", f"PYTHONPATH={pythonpath}",
-         "PYTHONDONTWRITEBYTECODE=1", VENV_PY, *map(quote, argv)])
-
-
-def serial(host: str, path: str) -> str:
-    return lab(host).check_output(f"openssl x509 -noout -serial -in {quote(path)}").split("=", 1)[1]
-
-
-def store_serials() -> list[str]:
-    names = lab(WORKER).check_output(f"ls {STORE}").split()
-    return sorted(serial(WORKER, f"{STORE}/{n}") for n in names if n.startswith(CLIENT))
-
-
-def main_pid() -> str:
-    return lab(WORKER).check_output(f"systemctl show -p MainPID --value {SERVICE}")
-
-
-def worker_log(since: str = "") -> str:
-    when = f" --since @{since}" if since else ""
-    return lab(WORKER).check_output(f"journalctl -u {SERVICE} --no-pager -o cat{when}")
-
-
-@dataclass
-class Load:
-    """Batches of signed tasks from new producer processes on the client, until stopped."""
-
-    prefix: str
-    since: str = ""
-
-    def __post_init__(self) -> None:
-        # Unique per run: the worker's journal keeps earlier runs' ids.
-        self.prefix = f"{self.prefix}-{uuid.uuid4().hex[:6]}"
-
-    def start(self) -> Load:
-        self.since = lab(WORKER).check_output("date +%s")
-        p = quote(f"/tmp/{self.prefix}")  # noqa: S108 - a lab container's own /tmp
-        loop = (f"i=0; while [ ! -e {p}.stop ]; do "
-                f"{as_app_user(f'/etc/celery-kit/{APP}', LOAD, self.prefix, '$i', str(BATCH))} "
-                f">> {p}.out 2>> {p}.err; i=$((i+1)); done; touch {p}.done")
-        loop = loop.replace(quote("$i"), "$i")
-        lab(CLIENT).check_output(f"rm -f {p}.*; nohup bash -c {quote(loop)} >/dev/null 2>&1 &")
-        return self
-
-    def answered(self) -> list[str]:
-        return lab(CLIENT).run(f"cat /tmp/{self.prefix}.out").stdout.splitlines()
-
-    def wait_batches(self, more: int, timeout: float = 180) -> None:
-        target = len(self.answered()) + more * BATCH
-        assert wait_for(lambda: len(self.answered()) >= target, timeout), self.report()
-
-    def stop(self) -> tuple[int, int, int]:
-        """Stop, then return (sent, run exactly once on the worker, rejected)."""
-        lab(CLIENT).check_output(f"touch /tmp/{self.prefix}.stop")
-        assert wait_for(lambda: lab(CLIENT).file(f"/tmp/{self.prefix}.done").exists, 240), self.report()
-        lines = self.answered()
-        sent = [line.split()[1] for line in lines]
-        failed = [line for line in lines if not line.startswith("ok ")]
-        log = worker_log(self.since)
-        runs = re.findall(rf"Task demo\.tasks\.add\[({re.escape(self.prefix)}-[0-9-]+)\] succeeded", log)
-        rejected = [line for line in log.splitlines() if REJECTED in line and f"id={self.prefix}-" in line]
-        assert not failed, f"{failed[:5]}\n{self.report()}"
-        assert not rejected, rejected[:5]
-        assert sorted(runs) == sorted(sent), "every task runs exactly once"
-        return len(sent), len(set(runs)), len(rejected)
-
-    def report(self) -> str:
-        return lab(CLIENT).run(f"tail -n 5 /tmp/{self.prefix}.out /tmp/{self.prefix}.err").stdout
 
 
 def rotate(*extra: str) -> tuple[float, PlaybookRun]:
@@ -121,7 +56,7 @@ def old_signer() -> str:
 
 def test_signer_rotation_under_load(old_signer: str) -> None:
     pid = main_pid()
-    assert store_serials() == [old_signer]
+    assert stores() == {WORKER: [old_signer], CLIENT: [old_signer]}
     load = Load("rot-signer").start()
     load.wait_batches(2)
     began = time.monotonic()
@@ -130,7 +65,7 @@ def test_signer_rotation_under_load(old_signer: str) -> None:
     took_issue, run = rotate("-e", "rotate_stage=issue")
     assert run.returncode == 0, run.tail()
     assert serial(CLIENT, f"{SIGNING}/signer.pem") == old_signer
-    assert store_serials() == [old_signer]
+    assert stores() == {WORKER: [old_signer], CLIENT: [old_signer]}
     load.wait_batches(1)  # every host still works
 
     # The re-run completes: issue (no change), trust + reload, switch.
@@ -138,17 +73,28 @@ def test_signer_rotation_under_load(old_signer: str) -> None:
     assert run.returncode == 0, run.tail()
     new = serial(CLIENT, f"{SIGNING}/signer.pem")
     assert new != old_signer
-    assert store_serials() == sorted([old_signer, new])
+    # Both signers trusted in every store, the producer's own too (its processes load it at start).
+    assert stores() == {WORKER: sorted([old_signer, new]), CLIENT: sorted([old_signer, new])}
     assert "security_lib signer store reloaded:" in worker_log()
     # Retire before the replay window has passed: refused, says how long to wait.
     run_early = rotate("-e", "rotate_stage=retire")[1]
     assert run_early.returncode != 0
     assert run_early.said("Re-run the retire step in")
-    assert store_serials() == sorted([old_signer, new])
+    assert stores() == {WORKER: sorted([old_signer, new]), CLIENT: sorted([old_signer, new])}
     load.wait_batches(2)  # signed with the new key now
     took_retire, run = rotate("-e", "rotate_stage=retire", "-e", "rotate_wait=true")
     assert run.returncode == 0, run.tail()
-    assert store_serials() == [new]
+    # The old certificate left every store; the new one is the producer's, as the pki role issues it
+    # (root's certificate), and the next pair is gone from the expiry report's list too: the expiry
+    # check reads every file listed (a listed file that is gone is an error at each check).
+    assert stores() == {WORKER: [new], CLIENT: [new]}
+    c = lab(CLIENT)
+    assert c.check_output(f"stat -c '%U:%G %a' {SIGNING}/signer.pem") == "root:root 644"
+    assert not c.file(f"{SIGNING}/signer-next.pem").exists and not c.file(f"{SIGNING}/signer-next.key").exists
+    assert f"{SIGNING}/signer-next.pem" not in c.file(MANIFEST).content_string
+    assert f"{SIGNING}/signer.pem" in c.file(MANIFEST).content_string.splitlines()
+    expiry = c.run(EXPIRY_CHECK)
+    assert expiry.rc == 0 and "failed=0" in expiry.stdout + expiry.stderr, expiry.stdout + expiry.stderr
     load.wait_batches(2)
     total = time.monotonic() - began
     sent, ran, rejected = load.stop()
