@@ -89,7 +89,9 @@ def test_user_outside_the_allowed_groups_is_refused(client):
 @pytest.mark.parametrize(
     ("option", "refusal"),
     [
-        ("KexAlgorithms=diffie-hellman-group14-sha256", "no matching key exchange method"),
+        # NIST curves: in OpenSSH's default offer on Debian 12 and 13 (13's OpenSSH 10
+        # dropped diffie-hellman-group14-sha256 from it), not in the baseline's.
+        ("KexAlgorithms=ecdh-sha2-nistp256", "no matching key exchange method"),
         ("MACs=hmac-sha1", "no matching MAC"),
     ],
 )
@@ -100,6 +102,21 @@ def test_weak_algorithm_is_refused_where_the_default_allows_it(client, option, r
     r = ssh(client, "bl-host", "kitadmin", *extra)
     assert r.rc != 0
     assert refusal in r.stderr, r.stderr
+
+
+def test_post_quantum_key_exchange_is_offered_first_where_openssh_knows_it(client, hardened):
+    """Debian 13's OpenSSH 10 has ML-KEM: the hardened sshd offers it first and a client
+    that asks for it alone gets in. Debian 12's OpenSSH 9.2 has not: the sshd must not name it
+    (sshd -t would refuse the configuration)."""
+    pq = "mlkem768x25519-sha256"
+    known = pq in hardened.check_output("ssh -Q kex").split()
+    offered = hardened.check_output("sshd -T | grep -i '^kexalgorithms '").split()[1].split(",")
+    if not known:
+        assert pq not in offered, offered
+        return
+    assert offered[0] == pq, offered
+    r = ssh(client, "bl-host", "kitadmin", "-o", f"KexAlgorithms={pq}")
+    assert r.rc == 0 and r.stdout.strip() == "kitadmin", r.stderr
 
 
 def test_cbc_cipher_is_refused(client):
