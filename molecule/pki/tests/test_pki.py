@@ -182,6 +182,8 @@ PREFLIGHT_CASES = [
          "must be greater than pki_renew_before_days (400)"),
     Case("relative-ca-dir", "pki", "pki-broker", {"pki_ca_dir": "relative/ca"},
          "pki_ca_dir must be an absolute path on the controller (got 'relative/ca')"),
+    Case("changed-ca-common-name", "pki", "pki-broker", {"pki_ca_common_name": "Another CA"},
+         'pki_ca_common_name is "Another CA" but the live CA'),
 ]
 
 

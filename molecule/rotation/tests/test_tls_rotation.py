@@ -78,12 +78,6 @@ def same_key(host: str, key: str, cert: str) -> bool:
     return h.check_output(f"openssl pkey -in {key} -pubout") == h.check_output(f"openssl x509 -in {cert} -noout -pubkey")
 
 
-def test_ca_rotation_is_refused_with_its_reason() -> None:
-    run = rotate("ca")[1]
-    assert run.returncode != 0, run.tail()
-    assert run.said("rotate_kind=ca is not implemented yet"), run.tail()
-
-
 def test_broker_tls_refuses_a_bad_next_pair_and_keeps_serving_the_old_one() -> None:
     b = lab(BROKER)
     old = served_serial()

@@ -7,6 +7,10 @@ key, the certificate, their directories and the expiry manifest, and says
 (same key type and size, owners and modes, a certificate for this key with
 exactly the requested subject, names and usages, issued and signed by the
 deployment CA, outside the renewal window, listed in the manifest).
+``ca_certificate`` may hold several CA certificates (a bundle: the old and
+the new CA while a CA rotation is under way); the certificate must then have
+been issued by one of them. issue.yml passes only the CA that issues now, so
+a certificate of the other one is re-issued.
 Anything else (including a check it cannot make) is ``current: false`` with
 the reasons, and the caller runs the full path, which decides and changes.
 So this module may only ever err towards "not current". It changes nothing.
@@ -46,7 +50,10 @@ options:
   subject_alt_names: {type: list, elements: str, default: [], description: "DNS:/IP: names, exactly these."}
   key_usage: {type: list, elements: str, required: true, description: keyUsage (critical), exactly these.}
   extended_key_usage: {type: list, elements: str, default: [], description: extendedKeyUsage, exactly these.}
-  ca_certificate: {type: str, required: true, description: PEM of the CA that must have issued the certificate.}
+  ca_certificate:
+    type: str
+    required: true
+    description: PEM of the CA that must have issued the certificate, or of several CAs (a bundle), one of which must have.
   renew_before_days: {type: int, required: true, description: Renewal window.}
   manifest_path: {type: path, required: true, description: The expiry report's list, which must hold cert_path.}
 """
@@ -145,6 +152,28 @@ def general_names(names: list[str]) -> set[str]:
     return out
 
 
+BEGIN = b"-----BEGIN CERTIFICATE-----"
+
+
+def load_bundle(pem: bytes) -> list[Any]:
+    """Every certificate of a PEM bundle (one or more); ValueError when there is none."""
+    from cryptography import x509
+
+    blocks = [BEGIN + part for part in pem.split(BEGIN)[1:]]
+    if not blocks:
+        raise ValueError("no PEM certificate")
+    return [x509.load_pem_x509_certificate(block) for block in blocks]
+
+
+def issued_by_any(cert: Any, cas: list[Any]) -> bool:
+    """The issuer name matches one of the CAs and that CA's key verifies the signature.
+
+    Several CAs may share one subject (a rotated CA keeps its name): the name
+    alone does not tell them apart, the signature does.
+    """
+    return any(cert.issuer == ca.subject and signed_by(cert, ca) for ca in cas)
+
+
 def certificate_problems(p: dict[str, Any], key: Any) -> list[str]:
     from cryptography import x509
     from cryptography.x509.oid import NameOID
@@ -152,7 +181,7 @@ def certificate_problems(p: dict[str, Any], key: Any) -> list[str]:
     try:
         with open(p["cert_path"], "rb") as handle:
             cert = x509.load_pem_x509_certificate(handle.read())
-        ca = x509.load_pem_x509_certificate(p["ca_certificate"].encode())
+        cas = load_bundle(p["ca_certificate"].encode())
     except (OSError, ValueError) as exc:
         return [f"{p['cert_path']}: cannot read the certificate or the CA ({exc})"]
     problems = []
@@ -161,7 +190,7 @@ def certificate_problems(p: dict[str, Any], key: Any) -> list[str]:
     attributes = [(a.oid, a.value) for a in cert.subject]
     if attributes != [(NameOID.COMMON_NAME, p["common_name"])]:
         problems.append(f"the subject is not CN={p['common_name']}")
-    if cert.issuer != ca.subject or not signed_by(cert, ca):
+    if not issued_by_any(cert, cas):
         problems.append("the certificate was not issued by the deployment CA")
     end = getattr(cert, "not_valid_after_utc", None) or cert.not_valid_after.replace(tzinfo=datetime.UTC)
     if end - datetime.datetime.now(datetime.UTC) <= datetime.timedelta(days=p["renew_before_days"]):
