@@ -14,6 +14,10 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "shared"))
 
 from kit_testlib import PROJECT, lab, quote, wait_for  # noqa: E402 - needs the path above
 
+BROKER = "rot-broker"
+PORT = 5671
+CA_BUNDLE = "/etc/ssl/certs/celery-kit-ca.pem"
+
 #: One line per rotation: tasks sent / run / rejected and the time it took (for the lead's note).
 FIGURES: list[str] = []
 
@@ -115,3 +119,31 @@ class Load:
 
     def report(self) -> str:
         return lab(CLIENT).run(f"tail -n 5 /tmp/{self.prefix}.out /tmp/{self.prefix}.err").stdout
+
+
+def served(x509_args: str = "") -> str:
+    """The certificate a NEW connection from the client gets (openssl s_client from outside), through openssl x509."""
+    return lab(CLIENT).check_output(
+        f"timeout 15 openssl s_client -connect {BROKER}:{PORT} -servername {BROKER} -CAfile {CA_BUNDLE} </dev/null "
+        f"2>/dev/null | openssl x509 {x509_args}")
+
+
+# A fresh AMQP connection with a given client pair: the TLS handshake (the broker checks the client
+# certificate; under TLS 1.3 a refusal arrives as an alert at the first read) and the broker's
+# Connection.Start answer to the protocol header. Root reads the app's key.
+_AMQP_START = """
+import socket, ssl, sys
+host, port, ca, cert, key = sys.argv[1:6]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
+    tls.sendall(b"AMQP\\x00\\x00\\x09\\x01")
+    frame = tls.recv(7)
+    print("accepted" if frame[:1] == b"\\x01" else f"refused {frame!r}")
+"""
+
+
+def fresh_connection(host: str, cert: str, key: str) -> str:
+    """'accepted' when the broker takes a new connection made with this pair, else what happened."""
+    out = lab(host).run(f"python3 -c {quote(_AMQP_START)} {BROKER} {PORT} {CA_BUNDLE} {cert} {key}")
+    return out.stdout.strip() or out.stderr.strip()[-500:]

@@ -18,12 +18,24 @@ import time
 
 from kit_testlib import PlaybookRun, lab, playbook, quote
 
-from conftest import APP, CLIENT, EXPIRY_CHECK, FIGURES, ROTATE, SIGNING, STORE, WORKER, Load, main_pid
+from conftest import (
+    APP,
+    BROKER,
+    CA_BUNDLE,
+    CLIENT,
+    EXPIRY_CHECK,
+    FIGURES,
+    ROTATE,
+    SIGNING,
+    STORE,
+    WORKER,
+    Load,
+    fresh_connection,
+    main_pid,
+    served,
+)
 
-BROKER = "rot-broker"
 HOSTS = (BROKER, WORKER, CLIENT)
-PORT = 5671
-BUNDLE = "/etc/ssl/certs/celery-kit-ca.pem"
 STATE = pathlib.Path.home() / ".local/share/celery-kit/molecule-rotation"
 CA_DIR, NEXT_DIR = STATE / "ca", STATE / "ca.next"
 CLIENT_NAME = f"celery-{APP}-broker-client"
@@ -44,7 +56,7 @@ def fingerprint(pem: str) -> str:
 
 def bundle_fingerprints(host: str) -> list[str]:
     """The CAs in a host's bundle, in order."""
-    text = lab(host).file(BUNDLE).content_string
+    text = lab(host).file(CA_BUNDLE).content_string
     blocks = text.split("-----BEGIN CERTIFICATE-----")[1:]
     return [fingerprint("-----BEGIN CERTIFICATE-----" + b.split("-----END CERTIFICATE-----")[0]) for b in blocks]
 
@@ -58,31 +70,6 @@ def issued_by(host: str, cert: str, ca_pem: str) -> bool:
     h = lab(host)
     h.check_output(f"printf '%s\\n' {quote(ca_pem)} > /tmp/ca-rotation-check.pem")
     return h.run(f"openssl verify -partial_chain -CAfile /tmp/ca-rotation-check.pem -purpose any {quote(cert)}").rc == 0
-
-
-def served_pem() -> str:
-    return lab(CLIENT).check_output(
-        f"timeout 15 openssl s_client -connect {BROKER}:{PORT} -servername {BROKER} -CAfile {BUNDLE} </dev/null "
-        "2>/dev/null | openssl x509")
-
-
-# A fresh AMQP connection with a given pair (as in test_tls_rotation.py): under TLS 1.3 a refused client
-# certificate shows as an alert at the first read, not in the handshake.
-_AMQP_START = """
-import socket, ssl, sys
-host, port, ca, cert, key = sys.argv[1:6]
-ctx = ssl.create_default_context(cafile=ca)
-ctx.load_cert_chain(cert, key)
-with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
-    tls.sendall(b"AMQP\\x00\\x00\\x09\\x01")
-    frame = tls.recv(7)
-    print("accepted" if frame[:1] == b"\\x01" else f"refused {frame!r}")
-"""
-
-
-def fresh_connection(host: str, cert: str, key: str) -> str:
-    out = lab(host).run(f"python3 -c {quote(_AMQP_START)} {BROKER} {PORT} {BUNDLE} {cert} {key}")
-    return out.stdout.strip() or out.stderr.strip()[-500:]
 
 
 def test_ca_rotation_refuses_part_of_the_deployment() -> None:
@@ -142,8 +129,8 @@ def test_ca_rotation_under_load_interrupted_and_re_run() -> None:  # noqa: PLR09
 
     took_switch, run = rotate()
     assert run.returncode == 0, run.tail()
-    served = served_pem()
-    lab(CLIENT).check_output(f"printf '%s\\n' {quote(served)} > /tmp/ca-rotation-served.pem")
+    served_cert = served()
+    lab(CLIENT).check_output(f"printf '%s\\n' {quote(served_cert)} > /tmp/ca-rotation-served.pem")
     assert issued_by(CLIENT, "/tmp/ca-rotation-served.pem", new_ca_pem), "the broker presents a new-CA certificate"
     for host in (CLIENT, WORKER):
         assert issued_by(host, f"{SIGNING}/signer.pem", new_ca_pem), host

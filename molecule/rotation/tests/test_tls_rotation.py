@@ -15,12 +15,22 @@ import time
 
 from kit_testlib import PROJECT, PlaybookRun, assert_refused_and_unchanged, foreign_ca, lab, playbook, quote
 
-from conftest import APP, CLIENT, EXPIRY_CHECK, FIGURES, ROTATE, WORKER, Load, main_pid, serial
+from conftest import (
+    APP,
+    BROKER,
+    CLIENT,
+    EXPIRY_CHECK,
+    FIGURES,
+    ROTATE,
+    WORKER,
+    Load,
+    fresh_connection,
+    main_pid,
+    serial,
+    served,
+)
 
-BROKER = "rot-broker"
 CONVERGE = PROJECT / "molecule" / "rotation" / "converge.yml"
-PORT = 5671
-CA = "/etc/ssl/certs/celery-kit-ca.pem"
 BROKER_KEY, BROKER_CERT = "/etc/ssl/private/rabbitmq.key", "/etc/ssl/certs/rabbitmq.pem"
 BROKER_NEXT_KEY, BROKER_NEXT_CERT = "/etc/ssl/private/rabbitmq.next.key", "/etc/ssl/certs/rabbitmq.next.pem"
 CLIENT_NAME = f"celery-{APP}-broker-client"
@@ -35,38 +45,14 @@ def rotate(kind: str, *extra: str) -> tuple[float, PlaybookRun]:
 
 
 def served_serial() -> str:
-    """The serial of the certificate a NEW connection from the client gets (openssl s_client from outside)."""
-    out = lab(CLIENT).check_output(
-        f"timeout 15 openssl s_client -connect {BROKER}:{PORT} -servername {BROKER} -CAfile {CA} </dev/null 2>/dev/null"
-        " | openssl x509 -noout -serial")
-    return out.split("=", 1)[1]
+    """The serial of the certificate a NEW connection from the client gets."""
+    return served("-noout -serial").split("=", 1)[1]
 
 
 def worker_connections() -> set[str]:
     """The worker's AMQP connections on the broker: peer address and port, and when each was opened."""
     out = lab(BROKER).check_output("rabbitmqctl -q list_connections user name connected_at --formatter json")
     return {f"{c['name']} @{c['connected_at']}" for c in json.loads(out) if c["user"] == f"{APP}-worker"}
-
-
-# A fresh AMQP connection with a given client pair: the TLS handshake (the broker checks the client
-# certificate; under TLS 1.3 a refusal arrives as an alert at the first read) and the broker's
-# Connection.Start answer to the protocol header. Root reads the app's key.
-_AMQP_START = """
-import socket, ssl, sys
-host, port, ca, cert, key = sys.argv[1:6]
-ctx = ssl.create_default_context(cafile=ca)
-ctx.load_cert_chain(cert, key)
-with socket.create_connection((host, int(port)), timeout=10) as raw, ctx.wrap_socket(raw, server_hostname=host) as tls:
-    tls.sendall(b"AMQP\\x00\\x00\\x09\\x01")
-    frame = tls.recv(7)
-    print("accepted" if frame[:1] == b"\\x01" else f"refused {frame!r}")
-"""
-
-
-def fresh_connection(host: str, cert: str, key: str) -> str:
-    """'accepted' when the broker takes a new connection made with this pair, else what happened."""
-    out = lab(host).run(f"python3 -c {quote(_AMQP_START)} {BROKER} {PORT} {CA} {cert} {key}")
-    return out.stdout.strip() or out.stderr.strip()[-500:]
 
 
 def sha256(host: str, *paths: str) -> str:
